@@ -1,0 +1,258 @@
+"""Run directories: weights, config and training state, written atomically.
+
+Layout of ``checkpoints/<run>/``::
+
+    last/   model.safetensors  config.json  training_state.pt   (newest step, resumable)
+    best/   model.safetensors  config.json                      (lowest validation loss)
+    metrics.jsonl                                                (one line per evaluation)
+
+A checkpoint directory is first written in full under a temporary name, each file
+fsynced, and then swapped in with renames, so a crash at any moment leaves either
+the old or the new checkpoint, never a mix. Weights are safetensors and the
+training state is read with ``torch.load(weights_only=True)``: loading never runs
+code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .corpus import Vocab
+from .errors import CheckpointError
+from .model import CharLSTM, ModelConfig
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "training_state.pt"
+METRICS_FILE = "metrics.jsonl"
+DEFAULT_ROOT = Path("checkpoints")
+TAGS = ("best", "last")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_checkpoint(
+    run_dir: Path,
+    tag: str,
+    model: CharLSTM,
+    config: dict[str, Any],
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``run_dir/tag`` in full, then swap it in; returns the checkpoint directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / tag
+    staging = run_dir / f".{tag}.tmp-{os.getpid()}"
+    previous = run_dir / f"{tag}.old"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        weights = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(weights, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "charlstm": __version__})
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+        if training_state is not None:
+            torch.save(training_state, staging / STATE_FILE)
+        for child in staging.iterdir():
+            _fsync_file(child)
+        _fsync_dir(staging)
+        if final.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            final.rename(previous)
+        staging.rename(final)
+        _fsync_dir(run_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not final.exists() and previous.exists():
+            previous.rename(final)
+        raise
+    return final
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash; the rest are still good
+    return records
+
+
+def _existing_tag_dir(run_dir: Path, tag: str) -> Path | None:
+    """The tag's directory, or the one a crash mid-swap left as ``tag.old``."""
+    for candidate in (run_dir / tag, run_dir / f"{tag}.old"):
+        if (candidate / WEIGHTS_FILE).is_file() and (candidate / CONFIG_FILE).is_file():
+            return candidate
+    return None
+
+
+def resolve_checkpoint(path: str | Path | None, prefer: str = "best", root: Path = DEFAULT_ROOT) -> Path:
+    """Find the checkpoint directory a user means.
+
+    ``path`` may be a checkpoint directory (holding ``model.safetensors``), a run
+    directory (then ``prefer`` picks best or last), or None for the newest run
+    under ``root``.
+    """
+    if path is None:
+        path = latest_run(root)
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if (path / WEIGHTS_FILE).exists() or (path / CONFIG_FILE).exists():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint; give a run directory such as checkpoints/<run>")
+    order = [prefer] + [t for t in TAGS if t != prefer]
+    for tag in order:
+        found = _existing_tag_dir(path, tag)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{path} holds no checkpoint (no best/ or last/ with {WEIGHTS_FILE}); train a model first")
+
+
+def latest_run(root: Path = DEFAULT_ROOT) -> Path:
+    """The run under ``root`` whose checkpoint was written most recently."""
+    runs = []
+    if root.is_dir():
+        for run in root.iterdir():
+            stamps = [
+                (found / CONFIG_FILE).stat().st_mtime
+                for tag in TAGS
+                if (found := _existing_tag_dir(run, tag)) is not None
+            ]
+            if stamps:
+                runs.append((max(stamps), run))
+    if not runs:
+        raise CheckpointError(f"no trained runs under {root}/; run 'charlstm train' first or pass -c CHECKPOINT")
+    return max(runs)[1]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use, with everything its checkpoint said about it."""
+
+    model: CharLSTM
+    vocab: Vocab
+    config: dict[str, Any]
+    path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def read_config(checkpoint_dir: Path) -> dict[str, Any]:
+    path = checkpoint_dir / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint_dir} has no {CONFIG_FILE}; it is not a complete checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); the checkpoint is damaged") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a checkpoint config (expected a JSON object)")
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path} lacks a format_version; it is not a charlstm checkpoint")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses checkpoint format {version}, newer than this charlstm ({__version__}) reads "
+            f"(format {FORMAT_VERSION}); upgrade charlstm"
+        )
+    for key in ("model", "vocab"):
+        if key not in config:
+            raise CheckpointError(f"{path} lacks the {key!r} field; the checkpoint is damaged")
+    return config
+
+
+def load(path: str | Path | None = None, device: str | torch.device = "cpu", prefer: str = "best") -> LoadedModel:
+    """Load a model for inference from a run or checkpoint directory (newest run if None)."""
+    checkpoint_dir = resolve_checkpoint(path, prefer)
+    config = read_config(checkpoint_dir)
+    try:
+        vocab = Vocab(config["vocab"])
+        model_config = ModelConfig.from_dict(config["model"])
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{checkpoint_dir / CONFIG_FILE} has invalid settings: {error}") from None
+    if model_config.vocab_size != len(vocab):
+        raise CheckpointError(
+            f"{checkpoint_dir / CONFIG_FILE}: vocab_size {model_config.vocab_size} does not match "
+            f"the {len(vocab)} characters stored; the checkpoint is damaged"
+        )
+    weights_path = checkpoint_dir / WEIGHTS_FILE
+    try:
+        weights = load_file(str(weights_path), device="cpu")
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint_dir} has no {WEIGHTS_FILE}") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{weights_path} cannot be read ({error}); the file is damaged") from None
+    model = CharLSTM(model_config)
+    expected = model.state_dict()
+    problems = [
+        f"{name} {tuple(weights[name].shape)} != {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in weights and weights[name].shape != tensor.shape
+    ]
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if problems or missing or unexpected:
+        detail = "; ".join(problems + [f"missing {m}" for m in missing] + [f"unexpected {u}" for u in unexpected])
+        raise CheckpointError(f"{weights_path} does not match its config ({detail[:200]})")
+    model.load_state_dict({name: weights[name].to(expected[name].dtype) for name in expected})
+    model.to(device).eval()
+    return LoadedModel(model=model, vocab=vocab, config=config, path=checkpoint_dir)
+
+
+def load_training_state(checkpoint_dir: Path) -> dict[str, Any]:
+    """The optimizer, RNG and data-cursor state saved with ``last``; never unpickles code."""
+    path = checkpoint_dir / STATE_FILE
+    if not path.exists():
+        raise CheckpointError(f"{checkpoint_dir} has no {STATE_FILE}; resume from the run's last/ checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged or hostile files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} cannot be loaded safely ({first_line[:160]}); the file is damaged or not ours") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a training state")
+    return state

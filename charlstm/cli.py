@@ -1,0 +1,232 @@
+"""The ``charlstm`` command: a thin shell that turns options into calls of the Python API."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__, console
+from .checkpoint import DEFAULT_ROOT, load
+from .corpus import DEFAULT_CORPUS_DESCRIPTION, Corpus, TextOptions
+from .errors import CharlstmError
+from .model import ModelConfig
+from .presets import DEFAULT_TIME_BUDGET, PRESETS, auto_size
+from .sample import Generator, SamplingOptions
+from .train import TrainConfig, Trainer
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+
+
+class Duration(click.ParamType):
+    """A wall-clock budget: ``90`` or ``90s``, ``10m``, ``1.5h``."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            match = _DURATION.match(str(value))
+            if not match:
+                self.fail(f"{value!r} is not a duration; write e.g. 90s, 10m or 1.5h", param, ctx)
+            seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+        if seconds <= 0:
+            self.fail("the duration must be positive", param, ctx)
+        return seconds
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="charlstm")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Train character-level LSTM language models on any text and generate from them."""
+    ctx.obj = {"debug": debug}
+
+
+TRAIN_HELP = f"""Train a model on CORPUS (a text file).
+
+With no CORPUS, trains on the built-in default: {DEFAULT_CORPUS_DESCRIPTION},
+read from this Python installation. Stops at --steps, --epochs or --time,
+whichever comes first (10 minutes if none is given). Writes the run to
+OUT/NAME: best/ and last/ checkpoints and metrics.jsonl.
+"""
+
+
+@cli.command(help=TRAIN_HELP)
+@click.argument("corpus", required=False, type=click.Path(path_type=Path))
+@click.option("--time", "time_budget", type=Duration(), help="Wall-clock budget, e.g. 90s, 10m, 1h (default 10m when no other limit is given).")
+@click.option("--steps", type=click.IntRange(min=1), help="Stop after this many optimiser steps.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Stop after this many passes over the training text.")
+@click.option("--size", type=click.Choice(list(PRESETS)), help="Model size preset (default: chosen from the time budget and corpus size).")
+@click.option("--layers", type=click.IntRange(1, 16), help="Number of stacked recurrent layers.")
+@click.option("--hidden", type=click.IntRange(1, 8192), help="Hidden (and cell) state size per layer.")
+@click.option("--emb", type=click.IntRange(1, 8192), help="Character embedding size.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout between layers and before the head.")
+@click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", show_default=True, help="Recurrent cell type.")
+@click.option("--batch-size", type=click.IntRange(1, 65536), help="Number of parallel text streams per step.")
+@click.option("--seq-len", type=click.IntRange(1, 65536), help="Characters per stream per step (truncated-BPTT length).")
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), help="Peak learning rate (AdamW).")
+@click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Fraction of the text, taken from the end, held out for validation.")
+@click.option("--eval-every", type=click.IntRange(min=1), help="Evaluate every N steps (default: six times per run).")
+@click.option("--seed", type=int, default=1337, show_default=True, help="Random seed for initialisation and dropout.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 autocast on CPUs/GPUs that run it fast, else fp32.")
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True, help="Parent directory for run directories.")
+@click.option("--name", help="Run name (default: corpus name and time).")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
+@click.option("--errors", "decode_errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help="What to do with bytes that do not decode.")
+@click.option("--keep-crlf", is_flag=True, help="Keep Windows line endings instead of turning CRLF into LF.")
+def train(corpus: Path | None, **options: Any) -> None:
+    text_options = TextOptions(options["encoding"], options["decode_errors"], options["keep_crlf"])
+    data = Corpus.from_file(corpus, text_options)
+    if options["steps"] is None and options["epochs"] is None and options["time_budget"] is None:
+        options["time_budget"] = DEFAULT_TIME_BUDGET
+    preset = PRESETS[options["size"] or auto_size(options["time_budget"], len(data))]
+
+    def pick(name: str, fallback: Any) -> Any:
+        return options[name] if options[name] is not None else fallback
+
+    model_config = ModelConfig(
+        vocab_size=len(data.vocab),
+        emb_size=pick("emb", preset.emb_size),
+        hidden_size=pick("hidden", preset.hidden_size),
+        num_layers=pick("layers", preset.num_layers),
+        dropout=pick("dropout", preset.dropout),
+        cell=options["cell"],
+    )
+    train_config = TrainConfig(
+        batch_size=pick("batch_size", preset.batch_size),
+        seq_len=pick("seq_len", preset.seq_len),
+        steps=options["steps"],
+        epochs=options["epochs"],
+        time_budget=options["time_budget"],
+        lr=pick("lr", preset.lr),
+        eval_every=options["eval_every"],
+        val_frac=options["val_frac"],
+        seed=options["seed"],
+        device=options["device"],
+        precision=options["precision"],
+    )
+    stem = corpus.stem if corpus is not None else "pystdlib"
+    name = options["name"] or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = options["out"] / name
+    trainer = Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter())
+    with _stop_on_signals(trainer.request_stop):
+        result = trainer.train()
+    console.note(f"sample from it: charlstm sample -c {result.run_dir}")
+
+
+class _stop_on_signals:
+    """First Ctrl-C or SIGTERM asks the trainer to stop cleanly; a second one stops at once."""
+
+    def __init__(self, request_stop: Callable[[], None]):
+        self.request_stop = request_stop
+        self.previous: dict[int, Any] = {}
+        self.received = 0
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received += 1
+        if self.received > 1:
+            raise KeyboardInterrupt
+        console.warn("stopping after this step and saving the run; press Ctrl-C again to stop at once")
+        self.request_stop()
+
+    def __enter__(self) -> "_stop_on_signals":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+@cli.command()
+@click.option("-c", "--checkpoint", type=click.Path(path_type=Path), help="Run or checkpoint directory (default: newest run under ./checkpoints).")
+@click.option("--prime", default="", help="Text to start from; the sample continues it.")
+@click.option("--length", type=click.IntRange(min=1), default=500, show_default=True, help="Characters to generate.")
+@click.option("--temp", "temperature", type=click.FloatRange(0, 100), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k most likely characters.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Draw only from the smallest set of characters whose probability reaches p.")
+@click.option("--seed", type=int, help="Random seed: the same seed gives the same text.")
+@click.option("-n", "--num-samples", type=click.IntRange(1, 4096), default=1, show_default=True, help="Number of samples, drawn as one batch.")
+@click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of a run to use.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+def sample(checkpoint: Path | None, prime: str, length: int, temperature: float, top_k: int | None,
+           top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str) -> None:
+    """Generate text from a trained model and stream it to stdout."""
+    from .train import resolve_device
+
+    loaded = load(checkpoint, device=resolve_device(device), prefer=which)
+    generator = Generator(loaded.model, loaded.vocab)
+    options = SamplingOptions(temperature, top_k, top_p)
+    stream = generator.stream(prime, length, options, num_samples, seed, unknown)  # type: ignore[arg-type]
+    shown_prime = prime if unknown == "error" else loaded.vocab.decode(loaded.vocab.encode(prime, unknown))  # type: ignore[arg-type]
+    if num_samples == 1:
+        first = next(stream, None)  # validates the prime before anything is printed
+        console.write_text(shown_prime)
+        if first is not None:
+            console.write_text(first[0])
+        for chars in stream:
+            console.write_text(chars[0])
+        console.write_text("\n")
+        return
+    pieces: list[list[str]] = [[] for _ in range(num_samples)]
+    for chars in stream:
+        for piece, char in zip(pieces, chars):
+            piece.append(char)
+    console.print_samples(("".join(p) for p in pieces), shown_prime)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr; --debug shows the traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="charlstm", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        console.error("aborted")
+        sys.exit(130)
+    except click.UsageError as usage:
+        if debug:
+            raise
+        command = usage.ctx.command_path if usage.ctx is not None else "charlstm"
+        console.error(f"{usage.format_message()} (see '{command} --help')")
+        sys.exit(usage.exit_code)
+    except click.ClickException as problem:
+        if debug:
+            raise
+        console.error(problem.format_message())
+        sys.exit(problem.exit_code)
+    except CharlstmError as problem:
+        if debug:
+            raise
+        console.error(str(problem))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        console.error("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error. Point stdout at
+        # /dev/null so Python's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except Exception as bug:  # noqa: BLE001 - the last line of defence keeps tracebacks behind --debug
+        if debug:
+            raise
+        console.error(f"unexpected {type(bug).__name__}: {bug} (run with --debug for the traceback)")
+        sys.exit(1)

@@ -1,0 +1,168 @@
+"""Everything charlstm shows on a terminal goes through here.
+
+Messages, progress and tables go to stderr (``err``) so that stdout carries only
+the text a user asked for (samples, JSON) and can be piped. On a terminal the
+training progress is a live Rich bar; elsewhere (CI, a log file) it is a plain
+line every few seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterable
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .train import EvalStats, RunInfo, StepStats, TrainResult
+
+err = Console(stderr=True, highlight=False)
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def note(message: str) -> None:
+    err.print(escape(message), soft_wrap=True)
+
+
+def write_text(text: str) -> None:
+    """Generated text goes to stdout untouched: no markup, no wrapping."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def format_count(value: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f} ({value / 0.6931471805599453:.3f} bpc)"
+
+
+def _budget(info: RunInfo) -> str:
+    limits = []
+    if info.train.steps is not None:
+        limits.append(f"{info.train.steps} steps")
+    if info.train.epochs is not None:
+        limits.append(f"{info.train.epochs:g} epochs")
+    if info.train.time_budget is not None:
+        limits.append(format_duration(info.train.time_budget))
+    return " or ".join(limits) + (", whichever comes first" if len(limits) > 1 else "")
+
+
+class ConsoleTrainReporter:
+    """Draws a training run: a header, live progress, evaluations, a summary table."""
+
+    def __init__(self, console: Console = err, live: bool | None = None, log_every: float = 10.0):
+        self.console = console
+        self.live = console.is_terminal if live is None else live
+        self.log_every = log_every
+        self._progress: Progress | None = None
+        self._task = None
+        self._last_log = 0.0
+
+    def start(self, info: RunInfo) -> None:
+        m, t = info.model, info.train
+        table = Table.grid(padding=(0, 2))
+        table.add_row("corpus", f"{escape(info.corpus)}  ({format_count(info.corpus_chars)} chars, {info.vocab_size} distinct)")
+        table.add_row("split", f"{format_count(info.train_chars)} train / {format_count(info.val_chars)} validation")
+        table.add_row(
+            "model",
+            f"{m.cell.upper()} {m.num_layers}x{m.hidden_size}, embedding {m.emb_size}, dropout {m.dropout:g}"
+            f" — {format_count(info.parameters)} parameters",
+        )
+        table.add_row("batches", f"{t.batch_size} streams x {t.seq_len} chars, lr {t.lr:g}, budget {_budget(info)}")
+        table.add_row("device", f"{info.device}, precision {info.precision}")
+        table.add_row("run", str(info.run_dir))
+        if info.resumed_from_step:
+            table.add_row("resumed", f"from step {info.resumed_from_step}")
+        self.console.print(Panel(table, title="charlstm train", expand=False))
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]step {task.fields[step]}"),
+                BarColumn(bar_width=24),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("ep {task.fields[epoch]}"),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("val {task.fields[val]}"),
+                TextColumn("{task.fields[rate]} ch/s"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=1.0, step=0, epoch=0, loss="—", val="—", rate="—")
+
+    def step(self, stats: StepStats) -> None:
+        val = "—" if stats.val_loss is None else f"{stats.val_loss:.3f}/{stats.val_loss / 0.6931471805599453:.2f}bpc"
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                completed=stats.progress,
+                step=stats.step,
+                epoch=stats.epoch,
+                loss=f"{stats.train_loss:.3f}",
+                val=val,
+                rate=format_count(stats.chars_per_sec),
+            )
+            return
+        now = time.monotonic()
+        if now - self._last_log >= self.log_every:
+            self._last_log = now
+            eta = "—" if stats.eta is None else format_duration(stats.eta)
+            self.console.print(
+                f"step {stats.step} ({stats.progress:.0%}) epoch {stats.epoch} loss {stats.train_loss:.4f} "
+                f"val {val} {format_count(stats.chars_per_sec)} ch/s elapsed {format_duration(stats.elapsed)} eta {eta}"
+            )
+
+    def evaluated(self, stats: EvalStats) -> None:
+        mark = " [green]best[/]" if stats.is_best else ""
+        self.console.print(
+            f"[bold]step {stats.step}[/] ({format_duration(stats.elapsed)}): val loss {_loss(stats.val_loss)}{mark}"
+        )
+        if stats.preview:
+            self.console.print(f"[dim]{escape(stats.preview)}[/]", soft_wrap=True)
+
+    def finish(self, result: TrainResult) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        table = Table(title="training finished" if not result.stopped_early else "training stopped", show_header=False)
+        table.add_row("parameters", format_count(result.parameters))
+        table.add_row("steps", f"{result.steps} ({result.epochs:.2f} epochs)")
+        table.add_row("time", format_duration(result.elapsed))
+        table.add_row("speed", f"{format_count(result.chars_per_sec)} chars/s")
+        table.add_row("train loss", f"{result.train_loss:.4f}")
+        table.add_row("best val loss", _loss(result.best_val_loss))
+        table.add_row("last val loss", _loss(result.last_val_loss))
+        table.add_row("checkpoint", str(result.run_dir))
+        self.console.print(table)
+
+
+def print_samples(samples: Iterable[str], prime: str) -> None:
+    """Several samples to stdout, each under a header so they can be told apart."""
+    for index, text in enumerate(samples, 1):
+        write_text(f"--- sample {index} ---\n{prime}{text}\n")

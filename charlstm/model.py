@@ -1,0 +1,100 @@
+"""The character model: embedding, a stacked recurrent layer, a linear head.
+
+The recurrent layer is PyTorch's own fused ``nn.LSTM`` (or ``nn.GRU``/``nn.RNN``
+for comparison), so the time loop runs inside oneDNN/cuDNN, not in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+CellType = Literal["lstm", "gru", "rnn"]
+State = tuple[torch.Tensor, ...]
+
+_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a model: everything needed to rebuild it before loading weights."""
+
+    vocab_size: int
+    emb_size: int = 128
+    hidden_size: int = 512
+    num_layers: int = 3
+    dropout: float = 0.0
+    cell: CellType = "lstm"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "emb_size", "hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.cell not in _CELLS:
+            raise ValueError(f"cell must be one of {', '.join(_CELLS)}, not {self.cell!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+class CharLSTM(nn.Module):
+    """Embedding -> stacked recurrent cells -> dropout -> logits over the vocabulary."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.emb_size)
+        self.rnn = _CELLS[config.cell](
+            config.emb_size,
+            config.hidden_size,
+            config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    @property
+    def is_lstm(self) -> bool:
+        return self.config.cell == "lstm"
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """A zero state: (h, c) for an LSTM, (h,) for a GRU or vanilla RNN."""
+        device = device if device is not None else self.head.weight.device
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        count = 2 if self.is_lstm else 1
+        return tuple(torch.zeros(shape, device=device) for _ in range(count))
+
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Logits (B, T, V) for ids (B, T), and the state after the last step."""
+        if state is None:
+            state = self.init_state(ids.shape[0], ids.device)
+        hidden = self.embedding(ids)
+        if self.is_lstm:
+            output, (h, c) = self.rnn(hidden, (state[0], state[1]))
+            new_state: State = (h, c)
+        else:
+            output, h = self.rnn(hidden, state[0])
+            new_state = (h,)
+        return self.head(self.dropout(output)), new_state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph at a window boundary: the values carry on, the gradients stop."""
+    return tuple(s.detach() for s in state)

@@ -1,0 +1,54 @@
+"""Model and batch shapes fitted to the time budget and the corpus.
+
+A CPU gives a short run few characters to learn from: a small model learns more
+from them than a large one. These presets, and the rule that picks one, come from
+the experiments recorded in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SizeName = Literal["tiny", "small", "medium", "large"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model shape with the batch shape and learning rate that suit it."""
+
+    num_layers: int
+    hidden_size: int
+    emb_size: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    dropout: float
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(num_layers=1, hidden_size=128, emb_size=32, batch_size=32, seq_len=64, lr=5e-3, dropout=0.0),
+    "small": Preset(num_layers=2, hidden_size=256, emb_size=64, batch_size=64, seq_len=128, lr=4e-3, dropout=0.0),
+    "medium": Preset(num_layers=2, hidden_size=512, emb_size=128, batch_size=64, seq_len=128, lr=3e-3, dropout=0.1),
+    "large": Preset(num_layers=3, hidden_size=512, emb_size=128, batch_size=64, seq_len=128, lr=2e-3, dropout=0.2),
+}
+
+DEFAULT_TIME_BUDGET = 600.0
+
+
+def auto_size(time_budget: float | None, corpus_chars: int) -> str:
+    """The preset for a run of ``time_budget`` seconds on ``corpus_chars`` characters.
+
+    Short budgets and small corpora get small models: they would neither see
+    enough characters to train a large one nor hold enough text to feed it.
+    """
+    if corpus_chars < 50_000:
+        return "tiny"
+    if corpus_chars < 300_000:
+        return "small"
+    budget = time_budget if time_budget is not None else DEFAULT_TIME_BUDGET
+    if budget <= 90:
+        return "small"
+    if budget <= 300:
+        return "medium"
+    return "large"

@@ -1,0 +1,513 @@
+"""Truncated backpropagation through time, with everything a long run needs.
+
+The trainer reads B contiguous streams in order, carries the hidden state from
+window to window (detached, so gradients stop at the window edge), and fits its
+learning-rate schedule to whichever budget ends the run first: steps, epochs or
+wall-clock time. It never prints; it tells a :class:`TrainReporter` what happens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ContextManager, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .batches import StreamBatches
+from .checkpoint import FORMAT_VERSION, append_metrics, write_checkpoint
+from .corpus import Corpus
+from .errors import CharlstmError, CorpusError
+from .model import CharLSTM, ModelConfig, State, detach_state
+
+Precision = Literal["auto", "bf16", "fp32"]
+LN2 = math.log(2.0)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu for ``auto``; a clear error for one that is not there."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharlstmError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CharlstmError("--device mps was asked for but Apple's MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-bf16, where bf16 matrix products beat fp32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> str:
+    """Pick bf16 autocast where the hardware runs it fast, fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> ContextManager[Any]:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@dataclass
+class TrainConfig:
+    """How to train: batch shape, optimiser, schedule, budget and bookkeeping.
+
+    A run stops at whichever of ``steps``, ``epochs`` and ``time_budget`` (seconds)
+    comes first; the learning-rate schedule follows the same progress measure, so
+    a ten-minute run decays to its floor at ten minutes.
+    """
+
+    batch_size: int = 64
+    seq_len: int = 128
+    steps: int | None = None
+    epochs: float | None = None
+    time_budget: float | None = None
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int | None = None
+    evals_per_run: int = 6
+    val_frac: float = 0.1
+    seed: int = 1337
+    device: str = "auto"
+    precision: Precision = "auto"
+    preview_chars: int = 160
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.epochs is None and self.time_budget is None:
+            raise ValueError("a run needs a budget: steps, epochs or time_budget")
+        for name in ("batch_size", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StepStats:
+    step: int
+    epoch: int
+    progress: float
+    lr: float
+    train_loss: float
+    chars_per_sec: float
+    elapsed: float
+    eta: float | None
+    val_loss: float | None
+
+
+@dataclass
+class EvalStats:
+    step: int
+    elapsed: float
+    val_loss: float
+    best_val_loss: float
+    is_best: bool
+    preview: str
+
+    @property
+    def val_bpc(self) -> float:
+        return self.val_loss / LN2
+
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    corpus: str
+    corpus_chars: int
+    train_chars: int
+    val_chars: int
+    vocab_size: int
+    parameters: int
+    model: ModelConfig
+    train: TrainConfig
+    device: str
+    precision: str
+    resumed_from_step: int
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    epochs: float
+    elapsed: float
+    chars_per_sec: float
+    parameters: int
+    train_loss: float
+    best_val_loss: float | None
+    last_val_loss: float | None
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best_val_bpc(self) -> float | None:
+        return None if self.best_val_loss is None else self.best_val_loss / LN2
+
+
+class TrainReporter(Protocol):
+    """What the trainer tells the outside world; the console layer draws it."""
+
+    def start(self, info: RunInfo) -> None: ...
+    def step(self, stats: StepStats) -> None: ...
+    def evaluated(self, stats: EvalStats) -> None: ...
+    def finish(self, result: TrainResult) -> None: ...
+
+
+class SilentReporter:
+    """For library use and tests: hears everything, shows nothing."""
+
+    def start(self, info: RunInfo) -> None:
+        pass
+
+    def step(self, stats: StepStats) -> None:
+        pass
+
+    def evaluated(self, stats: EvalStats) -> None:
+        pass
+
+    def finish(self, result: TrainResult) -> None:
+        pass
+
+
+def eval_streams(num_ids: int, batch_size: int, seq_len: int) -> int:
+    """As many streams as the training batch, fewer when the text is too short for them."""
+    return max(1, min(batch_size, (num_ids - 1) // seq_len))
+
+
+@torch.no_grad()
+def evaluate(
+    model: CharLSTM,
+    ids: np.ndarray,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> float:
+    """Mean cross-entropy (nats/char) over the whole of ``ids``, read statefully."""
+    batches = StreamBatches(ids, eval_streams(len(ids), batch_size, seq_len), seq_len, what="evaluation text")
+    was_training = model.training
+    model.eval()
+    state = model.init_state(batches.batch_size, device)
+    total, count = 0.0, 0
+    for index in range(len(batches)):
+        x, y = batches.window(index, device)
+        with autocast(device, precision):
+            logits, state = model(x, state)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+class Trainer:
+    """Owns one run: model, optimiser, data cursor, and the run directory it writes.
+
+    Pass ``resume_state`` (from a run's ``last`` checkpoint) to continue a run
+    exactly where it stopped.
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        run_dir: Path,
+        reporter: TrainReporter | None = None,
+        resume_state: dict[str, Any] | None = None,
+        model_state: dict[str, torch.Tensor] | None = None,
+    ):
+        self.corpus = corpus
+        self.model_config = model_config
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.reporter = reporter or SilentReporter()
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.train_ids, self.val_ids = corpus.split(config.val_frac)
+        StreamBatches.check_trainable(len(self.train_ids), config.batch_size, config.seq_len)
+        if config.val_frac > 0 and len(self.val_ids) < 2:
+            raise CorpusError(
+                f"the validation split has {len(self.val_ids)} characters; use a larger --val-frac, "
+                "a longer text, or --val-frac 0"
+            )
+        self.batches = StreamBatches(self.train_ids, config.batch_size, config.seq_len)
+        torch.manual_seed(config.seed)
+        self.model = CharLSTM(model_config).to(self.device)
+        if model_state is not None:
+            self.model.load_state_dict(model_state)
+        self.optimizer = torch.optim.AdamW(
+            self._param_groups(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
+        )
+        self.step = 0
+        self.window = 0
+        self.epoch = 0
+        self.elapsed = 0.0
+        self.train_seconds = 0.0
+        self.chars_seen = 0
+        self.evals_done = 0
+        self.best_val_loss: float | None = None
+        self.last_val_loss: float | None = None
+        self.train_loss_ema: float | None = None
+        self.state: State = self.model.init_state(config.batch_size, self.device)
+        self._stop_requested = False
+        self._resumed_from = 0
+        self._session_start = (0, 0.0)
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on matrices only: biases and embeddings are left alone."""
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
+        rest = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embedding"))]
+        return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
+
+    # -- schedule -----------------------------------------------------------------
+
+    @property
+    def total_windows(self) -> float | None:
+        return None if self.config.epochs is None else self.config.epochs * len(self.batches)
+
+    def progress(self) -> float:
+        """How far through its budget the run is, 0 to 1, by its tightest limit."""
+        fractions = [0.0]
+        if self.config.steps is not None:
+            fractions.append(self.step / max(1, self.config.steps))
+        if self.total_windows is not None:
+            fractions.append(self.step / max(1.0, self.total_windows))
+        if self.config.time_budget is not None:
+            fractions.append(self.elapsed / max(1e-9, self.config.time_budget))
+        return min(1.0, max(fractions))
+
+    def learning_rate(self) -> float:
+        """Linear warmup, then cosine decay to ``min_lr_ratio`` of the peak by the end."""
+        peak = self.config.lr
+        if self.step < self.config.warmup_steps:
+            return peak * (self.step + 1) / self.config.warmup_steps
+        floor = peak * self.config.min_lr_ratio
+        return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * self.progress()))
+
+    def _eval_due(self) -> bool:
+        if self.config.val_frac <= 0:
+            return False
+        if self.config.eval_every is not None:
+            return self.step % self.config.eval_every == 0
+        return self.progress() >= (self.evals_done + 1) / self.config.evals_per_run
+
+    # -- persistence --------------------------------------------------------------
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "charlstm_version": __version__,
+            "model": self.model_config.to_dict(),
+            "vocab": self.corpus.vocab.chars,
+            "train": self.config.to_dict(),
+            "corpus": {"source": self.corpus.source, "chars": len(self.corpus), "sha256": self.corpus.sha256},
+            "precision": self.precision,
+            "metrics": {
+                "step": self.step,
+                "epoch": self.epoch,
+                "elapsed": self.elapsed,
+                "chars_seen": self.chars_seen,
+                "parameters": self.model.num_parameters(),
+                "train_loss": self.train_loss_ema,
+                "val_loss": self.last_val_loss,
+                "best_val_loss": self.best_val_loss,
+            },
+        }
+
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "window": self.window,
+            "epoch": self.epoch,
+            "elapsed": self.elapsed,
+            "train_seconds": self.train_seconds,
+            "chars_seen": self.chars_seen,
+            "evals_done": self.evals_done,
+            "best_val_loss": self.best_val_loss,
+            "last_val_loss": self.last_val_loss,
+            "train_loss_ema": self.train_loss_ema,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "hidden": [s.detach().cpu() for s in self.state],
+        }
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        for name in ("step", "window", "epoch", "elapsed", "train_seconds", "chars_seen", "evals_done"):
+            setattr(self, name, saved[name])
+        self.best_val_loss = saved["best_val_loss"]
+        self.last_val_loss = saved["last_val_loss"]
+        self.train_loss_ema = saved["train_loss_ema"]
+        self.optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        self.state = tuple(s.to(self.device) for s in saved["hidden"])
+        self._resumed_from = self.step
+
+    def save(self, tag: str = "last") -> Path:
+        state = self.training_state() if tag == "last" else None
+        return write_checkpoint(self.run_dir, tag, self.model, self.checkpoint_config(), state)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Finish the current step, save ``last`` and return (for Ctrl-C and SIGTERM)."""
+        self._stop_requested = True
+
+    def _session_chars_per_sec(self) -> float:
+        """Training throughput since this process started (or resumed) the run."""
+        chars = self.chars_seen - self._session_start[0]
+        seconds = self.train_seconds - self._session_start[1]
+        return chars / seconds if seconds > 0 else 0.0
+
+    def _train_step(self) -> float:
+        if self.window == 0:
+            self.state = self.model.init_state(self.config.batch_size, self.device)
+        x, y = self.batches.window(self.window, self.device)
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.device, self.precision):
+            logits, state = self.model(x, self.state)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.state = detach_state(state)
+        self.step += 1
+        self.chars_seen += y.numel()
+        self.window += 1
+        if self.window == len(self.batches):
+            self.window = 0
+            self.epoch += 1
+        return loss.item()
+
+    def _evaluate_and_save(self) -> None:
+        from .sample import Generator  # the sampler depends on the model, not on training
+
+        val_loss = evaluate(
+            self.model, self.val_ids, self.config.batch_size, self.config.seq_len, self.device, self.precision
+        )
+        self.evals_done += 1
+        self.last_val_loss = val_loss
+        is_best = self.best_val_loss is None or val_loss < self.best_val_loss
+        if is_best:
+            self.best_val_loss = val_loss
+        preview = ""
+        if self.config.preview_chars > 0:
+            generator = Generator(self.model, self.corpus.vocab)
+            preview = generator.generate("", self.config.preview_chars, temperature=0.8, seed=self.step)[0]
+            self.model.train()
+        append_metrics(
+            self.run_dir,
+            {
+                "step": self.step,
+                "time": round(self.elapsed, 3),
+                "lr": self.learning_rate(),
+                "train_loss": self.train_loss_ema,
+                "val_loss": val_loss,
+                "chars_per_sec": self._session_chars_per_sec(),
+            },
+        )
+        if is_best:
+            self.save("best")
+        self.save("last")
+        self.reporter.evaluated(
+            EvalStats(self.step, self.elapsed, val_loss, self.best_val_loss, is_best, preview)
+        )
+
+    def train(self) -> TrainResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        self._session_start = (self.chars_seen, self.train_seconds)
+        self.reporter.start(
+            RunInfo(
+                run_dir=self.run_dir,
+                corpus=self.corpus.source,
+                corpus_chars=len(self.corpus),
+                train_chars=len(self.train_ids),
+                val_chars=len(self.val_ids),
+                vocab_size=len(self.corpus.vocab),
+                parameters=self.model.num_parameters(),
+                model=self.model_config,
+                train=self.config,
+                device=str(self.device),
+                precision=self.precision,
+                resumed_from_step=self._resumed_from,
+            )
+        )
+        clock = time.perf_counter() - self.elapsed
+        while self.progress() < 1.0 and not self._stop_requested:
+            step_start = time.perf_counter()
+            loss = self._train_step()
+            if not math.isfinite(loss):
+                # ``last`` still holds the last good state; a diverged one must not replace it.
+                raise CharlstmError(
+                    f"training diverged at step {self.step} (loss is {loss}); the last good checkpoint is kept "
+                    f"in {self.run_dir}; try a lower --lr"
+                )
+            now = time.perf_counter()
+            self.train_seconds += now - step_start
+            self.elapsed = now - clock
+            self.train_loss_ema = loss if self.train_loss_ema is None else 0.95 * self.train_loss_ema + 0.05 * loss
+            progress = self.progress()
+            self.reporter.step(
+                StepStats(
+                    step=self.step,
+                    epoch=self.epoch,
+                    progress=progress,
+                    lr=self.learning_rate(),
+                    train_loss=self.train_loss_ema,
+                    chars_per_sec=self._session_chars_per_sec(),
+                    elapsed=self.elapsed,
+                    eta=(self.elapsed / progress - self.elapsed) if progress > 0 else None,
+                    val_loss=self.last_val_loss,
+                )
+            )
+            if self._eval_due() or (progress >= 1.0 and self.config.val_frac > 0):
+                self._evaluate_and_save()
+                self.elapsed = time.perf_counter() - clock
+        if self._stop_requested or self.config.val_frac <= 0:
+            self.save("last")
+        result = TrainResult(
+            run_dir=self.run_dir,
+            steps=self.step,
+            epochs=self.step / len(self.batches),
+            elapsed=self.elapsed,
+            chars_per_sec=self._session_chars_per_sec(),
+            parameters=self.model.num_parameters(),
+            train_loss=self.train_loss_ema if self.train_loss_ema is not None else float("nan"),
+            best_val_loss=self.best_val_loss,
+            last_val_loss=self.last_val_loss,
+            stopped_early=self._stop_requested,
+        )
+        self.reporter.finish(result)
+        return result

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny generated corpora and tiny trained models, so the suite needs no data files."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlstm import Corpus, ModelConfig, TrainConfig, Trainer
+
+# One thread is faster than two for models this small, and keeps runs repeatable.
+torch.set_num_threads(1)
+
+WORDS = "the cat sat on a mat while his dog ran to her red ball and we saw it".split()
+
+
+def make_text(num_words: int = 6000, seed: int = 0) -> str:
+    """Words from a small lexicon in sentences: structure a tiny model can learn fast."""
+    rng = random.Random(seed)
+    sentences = []
+    while num_words > 0:
+        length = rng.randint(3, 9)
+        sentence = " ".join(rng.choice(WORDS) for _ in range(length))
+        sentences.append(sentence.capitalize() + rng.choice([".", "!", "?"]))
+        num_words -= length
+    lines = [" ".join(sentences[i : i + 4]) for i in range(0, len(sentences), 4)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_text() -> str:
+    return make_text()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_file(tmp_path_factory: pytest.TempPathFactory, tiny_text: str) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(tiny_text, encoding="utf-8")
+    return path
+
+
+TINY_MODEL = dict(emb_size=16, hidden_size=48, num_layers=2, dropout=0.0)
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    settings = dict(batch_size=8, seq_len=32, steps=60, lr=1e-2, warmup_steps=5, precision="fp32",
+                    device="cpu", preview_chars=0, evals_per_run=3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_text: str) -> Path:
+    """A run directory holding a tiny model trained for a few seconds."""
+    corpus = Corpus.from_text(tiny_text, source="tiny")
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    config = ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL)
+    Trainer(corpus, config, tiny_train_config(steps=150), run_dir).train()
+    return run_dir

@@ -1,0 +1,53 @@
+import os
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from charlstm.cli import cli
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "charlstm", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_train_then_sample_finds_the_newest_run(tmp_path, tiny_corpus_file, monkeypatch):
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    trained = runner.invoke(cli, ["train", str(tiny_corpus_file), "--steps", "20", "--batch-size", "8",
+                                  "--seq-len", "32", "--hidden", "32", "--layers", "1", "--precision", "fp32"])
+    assert trained.exit_code == 0, trained.output
+    sampled = runner.invoke(cli, ["sample", "--temp", "0.8", "--length", "60", "--seed", "1"])
+    assert sampled.exit_code == 0, sampled.output
+    assert len(sampled.stdout) == 61  # 60 characters and a newline
+    primed = runner.invoke(cli, ["sample", "--prime", "The", "--length", "30", "-n", "3", "--top-k", "5", "--top-p", "0.9"])
+    assert primed.exit_code == 0, primed.output
+    assert primed.stdout.count("--- sample") == 3
+
+
+def test_version_and_module_entry_point():
+    done = run_cli("--version")
+    assert done.returncode == 0 and "0.1.0" in done.stdout
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    cases = [
+        ("train", str(tmp_path / "missing.txt")),
+        ("sample", "-c", str(tmp_path / "nothing")),
+        ("sample", "--temp", "-1"),
+        ("sample", "--top-p", "1.5"),
+        ("sample", "--length", "0"),
+        ("train", "--bogus-option"),
+    ]
+    for args in cases:
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode != 0, args
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    done = run_cli("--debug", "train", str(tmp_path / "missing.txt"))
+    assert done.returncode != 0 and "Traceback" in done.stderr

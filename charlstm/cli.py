@@ -284,7 +284,8 @@ def inspect_command(text: str | None, file: Path | None, checkpoint: Path | None
 
 @cli.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
-@_WHICH_OPTION
+@click.option("--which", type=click.Choice(["best", "last"]), default="last", show_default=True,
+              help="Which checkpoint's settings and progress to show (the curves cover the whole run).")
 def info(checkpoint: Path | None, which: str) -> None:
     """Model, vocabulary, training settings and loss curves of a run (default: the newest)."""
     views.show_info(analysis.summarize_run(checkpoint, which))

@@ -225,6 +225,8 @@ def surprisal(loaded: LoadedModel, text: str) -> Surprisal:
     if not text:
         raise CharlstmError("there is no text to score; give some text or -f FILE")
     ids, known, unknown = known_ids(loaded.vocab, text)
+    if len(ids) == 0:
+        raise CharlstmError("none of the text's characters is in the model's vocabulary; nothing to score")
     start_id = loaded.vocab.index(Generator(loaded.model, loaded.vocab).start_char)
     log_probs = next_char_log_probs(loaded.model, np.concatenate([[start_id], ids]))
     bits = np.full(len(text), np.nan)

@@ -166,6 +166,8 @@ def show_surprisal(result: Surprisal, spans: int = 5) -> None:
     out.print(summary)
     if result.unknown:
         out.print(escape(unknown_summary(result.unknown)) + " (shown as ?)")
+    if spans == 0:
+        return
     table = Table(title="most surprising words", title_justify="left")
     for column in ("bits", "peak", "line:col", "text"):
         table.add_column(column, justify="right" if column != "text" else "left")

@@ -146,7 +146,8 @@ def test_new_commands_fail_in_one_line(trained_run, tmp_path, capsys):
         ("inspect", "abc", "-c", str(trained_run), "--unit", "999"),
         ("inspect", "abc", "-c", str(trained_run), "--gate", "sideways"),
         ("info", str(tmp_path / "nothing")),
-        ("score", "€€€", "-c", str(trained_run), "--html", str(tmp_path / "no" / "dir" / "x.html")),
+        ("score", "The cat", "-c", str(trained_run), "--html", str(tmp_path / "no" / "dir" / "x.html")),
+        ("score", "€€€", "-c", str(trained_run)),
     ]
     for args in cases:
         with pytest.raises(SystemExit) as exit:

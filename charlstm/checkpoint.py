@@ -4,7 +4,7 @@ Layout of ``checkpoints/<run>/``::
 
     last/   model.safetensors  config.json  training_state.pt   (newest step, resumable)
     best/   model.safetensors  config.json                      (lowest validation loss)
-    metrics.jsonl                                                (one line per evaluation)
+    metrics.jsonl                                                (a line per evaluation and every few steps)
 
 A checkpoint directory is first written in full under a temporary name, each file
 fsynced, and then swapped in with renames, so a crash at any moment leaves either
@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -28,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .corpus import Vocab
-from .errors import CheckpointError
+from .errors import CharlstmError, CheckpointError
 from .model import CharLSTM, ModelConfig
 
 FORMAT_VERSION = 1
@@ -95,6 +96,21 @@ def write_checkpoint(
     return final
 
 
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; it replaces ``path`` only once complete,
+    so a report or picture being overwritten is never left half-written."""
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield staging
+        _fsync_file(staging)
+        os.replace(staging, path)
+    except OSError as error:
+        raise CharlstmError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        staging.unlink(missing_ok=True)
+
+
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -111,6 +127,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a line cut short by a crash; the rest are still good
     return records
+
+
+def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics lines written at evaluations (those with a ``val_loss``), in order."""
+    return [record for record in read_metrics(run_dir) if record.get("val_loss") is not None]
 
 
 def _existing_tag_dir(run_dir: Path, tag: str) -> Path | None:

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__, console
-from .checkpoint import DEFAULT_ROOT, load
+from . import __version__, analysis, console, gates, views
+from .checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
 from .corpus import DEFAULT_CORPUS_DESCRIPTION, Corpus, TextOptions
 from .errors import CharlstmError
 from .model import ModelConfig
@@ -122,6 +122,7 @@ def train(corpus: Path | None, **options: Any) -> None:
     trainer = Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter())
     with _stop_on_signals(trainer.request_stop):
         result = trainer.train()
+    views.show_curves(read_metrics(result.run_dir))
     console.note(f"sample from it: charlstm sample -c {result.run_dir}")
 
 
@@ -186,6 +187,120 @@ def sample(checkpoint: Path | None, prime: str, length: int, temperature: float,
         for piece, char in zip(pieces, chars):
             piece.append(char)
     console.print_samples(("".join(p) for p in pieces), shown_prime)
+
+
+_CHECKPOINT_OPTION = click.option(
+    "-c", "--checkpoint", type=click.Path(path_type=Path),
+    help="Run or checkpoint directory (default: newest run under ./checkpoints).",
+)
+_WHICH_OPTION = click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+                             help="Which checkpoint of a run to use.")
+
+
+def _text_argument(text: str | None, file: Path | None) -> str:
+    """TEXT or -f FILE, exactly one of them."""
+    from .corpus import read_text
+
+    if (text is None) == (file is None):
+        raise click.UsageError("give either TEXT or -f FILE")
+    return read_text(file) if file is not None else text  # type: ignore[return-value]
+
+
+@cli.command("eval")
+@click.argument("file", type=click.Path(path_type=Path))
+@_CHECKPOINT_OPTION
+@_WHICH_OPTION
+@click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
+              help="Score the whole file, or only the part a run trained on with this file cut off for "
+                   "training or validation (its --val-frac).")
+@click.option("--streams", type=click.IntRange(min=1), help="Parallel streams to read the text in (default: the run's "
+              "batch size, as the trainer evaluates; 1 reads the whole file as one stream).")
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]), help="Arithmetic (default: what the run evaluated with).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, streams: int | None,
+             precision: str | None, as_json: bool) -> None:
+    """Loss, bits per character and perplexity of FILE under a model."""
+    import json
+
+    from .corpus import read_text
+
+    loaded = load(checkpoint, prefer=which)
+    text = analysis.split_text(read_text(file), float(loaded.config.get("train", {}).get("val_frac", 0.1)), split)  # type: ignore[arg-type]
+    result = analysis.evaluate_text(loaded, text, streams=streams, precision=precision)
+    if as_json:
+        console.write_text(json.dumps({"file": str(file), "split": split, **result.to_dict()}, ensure_ascii=False) + "\n")
+    else:
+        views.show_eval(result, f"{file}" + ("" if split == "all" else f" ({split} split)"))
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("-f", "--file", type=click.Path(path_type=Path), help="Score this file instead of TEXT.")
+@_CHECKPOINT_OPTION
+@_WHICH_OPTION
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the heat-map as a self-contained HTML page.")
+@click.option("--spans", type=click.IntRange(0, 1000), default=5, show_default=True, help="How many of the most surprising words to list.")
+def score(text: str | None, file: Path | None, checkpoint: Path | None, which: str, html_path: Path | None, spans: int) -> None:
+    """Colour each character of TEXT by the model's surprise at it (-log2 p, in bits)."""
+    loaded = load(checkpoint, prefer=which)
+    result = analysis.surprisal(loaded, _text_argument(text, file))
+    views.show_surprisal(result, spans)
+    if html_path is not None:
+        title = f"charlstm score: {file.name if file else loaded.name}"
+        with replacing(html_path) as staging:
+            staging.write_text(views.surprisal_html(result, title), encoding="utf-8")
+        console.note(f"wrote {html_path}")
+
+
+@cli.command("inspect")
+@click.argument("text", required=False)
+@click.option("-f", "--file", type=click.Path(path_type=Path), help="Inspect on this file instead of TEXT.")
+@_CHECKPOINT_OPTION
+@_WHICH_OPTION
+@click.option("--layer", type=click.IntRange(min=0), help="Layer to look at (default: the last for --unit, all for --top).")
+@click.option("--unit", type=click.IntRange(min=0), help="Show this unit of the layer.")
+@click.option("--top", type=click.IntRange(1, 100), help="Rank units by how well they follow the features (default 8 when no --unit).")
+@click.option("--gate", "signal", type=click.Choice(gates.SIGNALS), default="cell", show_default=True,
+              help="What to show: the cell (tanh of the cell state) or the input, forget or output gate.")
+@click.option("--feature", "features", multiple=True, type=click.Choice(list(gates.FEATURES)),
+              help="Rank only by these features (repeatable; default: all).")
+def inspect_command(text: str | None, file: Path | None, checkpoint: Path | None, which: str, layer: int | None,
+            unit: int | None, top: int | None, signal: gates.Signal, features: tuple[str, ...]) -> None:
+    """Show what an LSTM's cells and gates do while reading TEXT."""
+    if unit is not None and top is not None:
+        raise click.UsageError("give --unit or --top, not both")
+    loaded = load(checkpoint, prefer=which)
+    trace = gates.trace_lstm(loaded, _text_argument(text, file))
+    if trace.unknown:
+        console.warn(views.unknown_summary(trace.unknown))
+    if unit is not None:
+        chosen = gates.check_layer(trace, len(trace.layers) - 1 if layer is None else layer)
+        views.show_unit(trace, chosen, gates.check_unit(trace, unit), signal)
+    else:
+        matches, constant = gates.top_units(trace, list(features) or None, top or 8, signal, layer)
+        views.show_top_units(trace, matches, constant, signal)
+    views.show_saturation(gates.saturation(trace))
+
+
+@cli.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--which", type=click.Choice(["best", "last"]), default="last", show_default=True,
+              help="Which checkpoint's settings and progress to show (the curves cover the whole run).")
+def info(checkpoint: Path | None, which: str) -> None:
+    """Model, vocabulary, training settings and loss curves of a run (default: the newest)."""
+    views.show_info(analysis.summarize_run(checkpoint, which))
+
+
+@cli.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("curves.png"),
+              show_default=True, help="PNG file to write.")
+def plot(checkpoint: Path | None, output: Path) -> None:
+    """Write a run's loss curves as a PNG (needs matplotlib: pip install 'charlstm[plot]')."""
+    summary = analysis.summarize_run(checkpoint)
+    with replacing(output) as staging:
+        views.save_curve_png(summary.records, staging, summary.checkpoint.parent.name)
+    console.note(f"wrote {output}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -149,6 +149,13 @@ class Vocab:
         missing = np.unique(points[~known])
         return list(missing.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
 
+    def unknown_counts(self, text: str) -> dict[str, int]:
+        """How often each character outside the vocabulary occurs in ``text``, for reports."""
+        points, _, known = self._lookup(text)
+        missing, counts = np.unique(points[~known], return_counts=True)
+        chars = missing.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+        return dict(zip(chars, counts.tolist()))
+
     def encode(self, text: str, unknown: UnknownPolicy = "error", replacement: str | None = None) -> np.ndarray:
         """Map text to ids; unknown characters raise, are dropped, or become ``replacement``.
 

@@ -89,6 +89,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int | None = None
     evals_per_run: int = 6
+    log_every: int = 20
     val_frac: float = 0.1
     seed: int = 1337
     device: str = "auto"
@@ -200,7 +201,6 @@ def eval_streams(num_ids: int, batch_size: int, seq_len: int) -> int:
     return max(1, min(batch_size, (num_ids - 1) // seq_len))
 
 
-@torch.no_grad()
 def evaluate(
     model: CharLSTM,
     ids: np.ndarray,
@@ -210,6 +210,21 @@ def evaluate(
     precision: str = "fp32",
 ) -> float:
     """Mean cross-entropy (nats/char) over the whole of ``ids``, read statefully."""
+    total, count = evaluation_totals(model, ids, batch_size, seq_len, device, precision)
+    return total / count
+
+
+@torch.no_grad()
+def evaluation_totals(
+    model: CharLSTM,
+    ids: np.ndarray,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> tuple[float, int]:
+    """Summed cross-entropy (nats) and the number of characters scored: the one evaluation that
+    the trainer and ``charlstm eval`` share, so their numbers agree."""
     batches = StreamBatches(ids, eval_streams(len(ids), batch_size, seq_len), seq_len, what="evaluation text")
     was_training = model.training
     model.eval()
@@ -222,7 +237,7 @@ def evaluate(
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
         count += y.numel()
     model.train(was_training)
-    return total / count
+    return total, count
 
 
 class Trainer:
@@ -410,6 +425,18 @@ class Trainer:
             self.epoch += 1
         return loss.item()
 
+    def _log_metrics(self, **extra: float) -> None:
+        """One line of metrics.jsonl: every evaluation (with ``val_loss``) and every ``log_every`` steps
+        between them (without), so the training curve has more than a handful of points."""
+        record = {
+            "step": self.step,
+            "time": round(self.elapsed, 3),
+            "lr": self.learning_rate(),
+            "train_loss": self.train_loss_ema,
+            "chars_per_sec": self._session_chars_per_sec(),
+        }
+        append_metrics(self.run_dir, {**record, **extra})
+
     def _evaluate_and_save(self) -> None:
         from .sample import Generator  # the sampler depends on the model, not on training
 
@@ -426,17 +453,7 @@ class Trainer:
             generator = Generator(self.model, self.corpus.vocab)
             preview = generator.generate("", self.config.preview_chars, temperature=0.8, seed=self.step)[0]
             self.model.train()
-        append_metrics(
-            self.run_dir,
-            {
-                "step": self.step,
-                "time": round(self.elapsed, 3),
-                "lr": self.learning_rate(),
-                "train_loss": self.train_loss_ema,
-                "val_loss": val_loss,
-                "chars_per_sec": self._session_chars_per_sec(),
-            },
-        )
+        self._log_metrics(val_loss=val_loss)
         if is_best:
             self.save("best")
         self.save("last")
@@ -495,6 +512,8 @@ class Trainer:
             if self._eval_due() or (progress >= 1.0 and self.config.val_frac > 0):
                 self._evaluate_and_save()
                 self.elapsed = time.perf_counter() - clock
+            elif self.config.log_every > 0 and self.step % self.config.log_every == 0:
+                self._log_metrics()
         if self._stop_requested or self.config.val_frac <= 0:
             self.save("last")
         result = TrainResult(

@@ -5,7 +5,7 @@ from collections import Counter
 import torch
 
 from charlstm import Corpus, ModelConfig, Trainer, load
-from charlstm.checkpoint import read_metrics
+from charlstm.checkpoint import read_evaluations, read_metrics
 from charlstm.train import evaluate
 
 from conftest import TINY_MODEL, tiny_train_config
@@ -18,7 +18,7 @@ def unigram_entropy_nats(text: str) -> float:
 
 
 def test_tiny_model_beats_unigram_entropy(trained_run, tiny_text):
-    metrics = read_metrics(trained_run)
+    metrics = read_evaluations(trained_run)
     assert metrics, "training wrote no evaluations"
     best = min(m["val_loss"] for m in metrics)
     val_text = tiny_text[-len(tiny_text) // 10 :]
@@ -26,7 +26,7 @@ def test_tiny_model_beats_unigram_entropy(trained_run, tiny_text):
 
 
 def test_best_is_the_lowest_validation_loss_seen(trained_run):
-    losses = [m["val_loss"] for m in read_metrics(trained_run)]
+    losses = [m["val_loss"] for m in read_evaluations(trained_run)]
     best_config = json.loads((trained_run / "best" / "config.json").read_text())
     assert best_config["metrics"]["val_loss"] == min(losses)
     assert best_config["metrics"]["best_val_loss"] == min(losses)
@@ -64,3 +64,12 @@ def test_bf16_training_converges_close_to_fp32(tmp_path, tiny_text):
         trainer = Trainer(corpus, config, tiny_train_config(steps=80, precision=precision), tmp_path / precision)
         results[precision] = trainer.train().best_val_loss
     assert abs(results["bf16"] - results["fp32"]) < 0.1
+
+
+def test_metrics_log_the_train_loss_between_evaluations(trained_run):
+    records = read_metrics(trained_run)
+    between = [r for r in records if "val_loss" not in r]
+    assert len(between) > len(records) - len(between)
+    assert all(set(r) == {"step", "time", "lr", "train_loss", "chars_per_sec"} for r in between)
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)

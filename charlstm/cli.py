@@ -16,9 +16,11 @@ from . import __version__, analysis, console, gates, views
 from .checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
 from .corpus import DEFAULT_CORPUS_DESCRIPTION, Corpus, TextOptions
 from .errors import CharlstmError
+from .longrange import DemoConfig, run_long_range_demo, score_positions
 from .model import ModelConfig
 from .presets import DEFAULT_TIME_BUDGET, PRESETS, auto_size
 from .sample import Generator, SamplingOptions
+from .synth import SYNTH_KINDS, load_positions, make_synth
 from .train import TrainConfig, Trainer
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
@@ -41,6 +43,27 @@ class Duration(click.ParamType):
         if seconds <= 0:
             self.fail("the duration must be positive", param, ctx)
         return seconds
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+
+
+class Size(click.ParamType):
+    """A number of characters: ``5000``, ``200k``, ``1MB``."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE.match(str(value))
+        if not match:
+            self.fail(f"{value!r} is not a size; write e.g. 200k or 1MB", param, ctx)
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        if not 1 <= size <= 2_000_000_000:
+            self.fail("the size must be between 1 and 2G characters", param, ctx)
+        return size
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -216,15 +239,29 @@ def _text_argument(text: str | None, file: Path | None) -> str:
 @click.option("--streams", type=click.IntRange(min=1), help="Parallel streams to read the text in (default: the run's "
               "batch size, as the trainer evaluates; 1 reads the whole file as one stream).")
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), help="Arithmetic (default: what the run evaluated with).")
+@click.option("--positions", is_flag=True, help="Score only the positions a synthetic corpus marks (from FILE.synth.json, "
+              "written by 'charlstm corpus synth'), against its ideal and no-memory losses.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, streams: int | None,
-             precision: str | None, as_json: bool) -> None:
+             precision: str | None, positions: bool, as_json: bool) -> None:
     """Loss, bits per character and perplexity of FILE under a model."""
     import json
 
     from .corpus import read_text
 
     loaded = load(checkpoint, prefer=which)
+    if positions:
+        if split != "all":
+            raise click.UsageError("--positions scores the whole file; leave out --split")
+        marked, meta = load_positions(file)
+        scored = score_positions(loaded.model, loaded.vocab, read_text(file), marked)
+        figures = {"file": str(file), "kind": meta.get("kind"), "positions": scored.count, "loss": scored.loss,
+                   "accuracy": scored.accuracy, "ideal_loss": meta.get("ideal_loss"), "chance_loss": meta.get("chance_loss")}
+        if as_json:
+            console.write_text(json.dumps(figures) + "\n")
+        else:
+            console.show_position_score(figures)
+        return
     text = analysis.split_text(read_text(file), float(loaded.config.get("train", {}).get("val_frac", 0.1)), split)  # type: ignore[arg-type]
     result = analysis.evaluate_text(loaded, text, streams=streams, precision=precision)
     if as_json:
@@ -301,6 +338,57 @@ def plot(checkpoint: Path | None, output: Path) -> None:
     with replacing(output) as staging:
         views.save_curve_png(summary.records, staging, summary.checkpoint.parent.name)
     console.note(f"wrote {output}")
+
+@cli.group()
+def corpus() -> None:
+    """Make, fetch and describe corpora."""
+
+
+@corpus.command("synth")
+@click.argument("kind", type=click.Choice(list(SYNTH_KINDS)))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the text (a .synth.json sidecar goes beside it).")
+@click.option("--size", type=Size(), default="1MB", show_default=True, help="Characters to generate, e.g. 200k or 1MB.")
+@click.option("--distance", "--depth", "--max-length", "param", type=click.IntRange(1, 100_000), help="recall: filler length; brackets: maximum depth; counting: maximum line length.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def corpus_synth(kind: str, out_path: Path, size: int, param: int | None, seed: int) -> None:
+    """Generate a synthetic corpus that needs long-range memory (recall, brackets, counting)."""
+    made = make_synth(kind, size, param, seed)
+    sidecar = made.save(out_path)
+    console.show_synth(made, out_path, sidecar)
+
+
+@cli.group()
+def demo() -> None:
+    """Demonstrations you can run on your own machine."""
+
+
+@demo.command("long-range")
+@click.option("--distance", "distances", default="20,50,100,200", show_default=True, help="Comma-separated recall distances.")
+@click.option("--time", "time_budget", type=Duration(), default="6m", show_default=True, help="Total training time, shared by all runs.")
+@click.option("--cells", default="rnn,gru,lstm", show_default=True, help="Comma-separated cell types to compare.")
+@click.option("--hidden", type=click.IntRange(4, 1024), default=64, show_default=True, help="LSTM hidden size; the other cells are sized to the same parameter count.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_long_range(distances: str, time_budget: float, cells: str, hidden: int, seed: int) -> None:
+    """Train RNN, GRU and LSTM cells of equal size on delayed recall and compare how far they remember."""
+    try:
+        distance_list = tuple(int(d) for d in distances.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{distances!r} is not a comma-separated list of whole numbers", param_hint="--distance") from None
+    if any(d < 1 or d > 5000 for d in distance_list):
+        raise click.BadParameter("distances must be between 1 and 5000", param_hint="--distance")
+    cell_list = tuple(c.strip() for c in cells.split(","))
+    unknown = [c for c in cell_list if c not in ("rnn", "gru", "lstm")]
+    if unknown:
+        raise click.BadParameter(f"unknown cell(s) {', '.join(unknown)}; use rnn, gru, lstm", param_hint="--cells")
+    config = DemoConfig(
+        distances=distance_list,
+        cells=cell_list,
+        seconds_per_run=time_budget / (len(distance_list) * len(cell_list)),
+        reference_hidden=hidden,
+        seed=seed,
+    )
+    rows = run_long_range_demo(config, progress=console.show_demo_progress)
+    console.show_demo_table(rows)
 
 
 def main(argv: list[str] | None = None) -> None:

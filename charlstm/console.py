@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,6 +20,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from .train import EvalStats, RunInfo, StepStats, TrainResult
+
+if TYPE_CHECKING:
+    from .longrange import DemoRow
+    from .synth import SynthCorpus
 
 err = Console(stderr=True, highlight=False)
 
@@ -166,3 +171,64 @@ def print_samples(samples: Iterable[str], prime: str) -> None:
     """Several samples to stdout, each under a header so they can be told apart."""
     for index, text in enumerate(samples, 1):
         write_text(f"--- sample {index} ---\n{prime}{text}\n")
+
+
+def show_synth(made: "SynthCorpus", path: Path, sidecar: Path) -> None:
+    table = Table(title=f"synthetic corpus: {made.kind}", show_header=False)
+    table.add_row("what", made.description)
+    table.add_row("settings", ", ".join(f"{k} {v}" for k, v in made.params.items()))
+    table.add_row("text", f"{path} ({format_count(len(made.text))} chars)")
+    table.add_row("marked positions", f"{len(made.positions)} (in {sidecar})")
+    table.add_row("ideal loss there", f"{made.ideal_loss:.4f} nats/char")
+    table.add_row("without memory", f"{made.chance_loss:.4f} nats/char")
+    err.print(table)
+    note(f"train on it: charlstm train {path}; score the marked positions: charlstm eval {path} --positions")
+
+
+def show_demo_progress(row: "DemoRow") -> None:
+    err.print(
+        f"{row.cell.upper():>4} distance {row.distance:>4}: recall accuracy {row.accuracy:6.1%} "
+        f"(chance {row.chance_accuracy:.1%}), key loss {row.key_loss:.3f}, "
+        f"gradient reaching the key {row.gradient_norm:.2e}  [{format_duration(row.seconds)}]"
+    )
+
+
+def show_demo_table(rows: list["DemoRow"]) -> None:
+    """Accuracy against distance per cell, as a table and as bars: the long-range picture."""
+    cells = list(dict.fromkeys(r.cell for r in rows))
+    distances = list(dict.fromkeys(r.distance for r in rows))
+    by_key = {(r.cell, r.distance): r for r in rows}
+    table = Table(title="delayed recall: accuracy at the key (gradient norm reaching the key)")
+    table.add_column("distance", justify="right")
+    for cell in cells:
+        sample = next(r for r in rows if r.cell == cell)
+        table.add_column(f"{cell.upper()} ({format_count(sample.parameters)} params)", justify="right")
+    for distance in distances:
+        table.add_row(
+            str(distance),
+            *(f"{by_key[c, distance].accuracy:.1%} ({by_key[c, distance].gradient_norm:.1e})" for c in cells),
+        )
+    err.print(table)
+    width = 40
+    chance = rows[0].chance_accuracy
+    err.print(f"recall accuracy (bar = 0-100%, | marks chance {chance:.1%})")
+    for distance in distances:
+        for cell in cells:
+            accuracy = by_key[cell, distance].accuracy
+            filled = int(round(accuracy * width))
+            bar = list("█" * filled + " " * (width - filled))
+            marker = min(width - 1, int(round(chance * width)))
+            if bar[marker] == " ":
+                bar[marker] = "|"
+            err.print(f"{distance:>5} {cell:<4} [{''.join(bar)}] {accuracy:5.1%}", highlight=False)
+
+
+def show_position_score(figures: dict[str, object]) -> None:
+    """The marked positions' loss between its two yardsticks: ideal (perfect memory) and chance (none)."""
+    table = Table(title=f"marked positions of {figures['file']} ({figures['kind']})", show_header=False)
+    table.add_row("positions scored", str(figures["positions"]))
+    table.add_row("loss there", f"{figures['loss']:.4f} nats/char")
+    table.add_row("top-1 accuracy", f"{figures['accuracy']:.1%}")
+    table.add_row("ideal loss", f"{figures['ideal_loss']:.4f} (a model that remembers everything)")
+    table.add_row("no-memory loss", f"{figures['chance_loss']:.4f} (a model that forgot the long-range fact)")
+    err.print(table)

@@ -66,6 +66,18 @@ class CharLSTM(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        if self.is_lstm:
+            self._open_forget_gates()
+
+    def _open_forget_gates(self) -> None:
+        """Start forget gates near 0.73 instead of 0.5, so memory and gradients survive long gaps
+        from the first step (Gers et al. 2000; Jozefowicz et al. 2015)."""
+        hidden = self.config.hidden_size
+        with torch.no_grad():
+            for layer in range(self.config.num_layers):
+                # nn.LSTM orders gate rows input, forget, cell, output; both biases are added.
+                getattr(self.rnn, f"bias_ih_l{layer}")[hidden : 2 * hidden].fill_(1.0)
+                getattr(self.rnn, f"bias_hh_l{layer}")[hidden : 2 * hidden].fill_(0.0)
 
     @property
     def is_lstm(self) -> bool:

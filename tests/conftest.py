@@ -41,6 +41,14 @@ def tiny_corpus_file(tmp_path_factory: pytest.TempPathFactory, tiny_text: str) -
     return path
 
 
+@pytest.fixture(autouse=True)
+def private_corpus_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and every CLI it starts) caches encoded corpora in its own directory, never the user's."""
+    directory = tmp_path_factory.mktemp("corpus-cache")
+    monkeypatch.setenv("CHARLSTM_CACHE_DIR", str(directory))
+    return directory
+
+
 TINY_MODEL = dict(emb_size=16, hidden_size=48, num_layers=2, dropout=0.0)
 
 

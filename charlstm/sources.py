@@ -122,6 +122,11 @@ def _join(pieces: list[str | bytes], separator: str) -> str | bytes:
     return separator.join(as_str(p) for p in pieces)
 
 
+def _describe(description: str, files: list[CorpusFile]) -> str:
+    """How a run names its corpus: a single file by its path, several by their count and origin."""
+    return description if len(files) == 1 or description == DEFAULT_CORPUS_DESCRIPTION else f"{len(files)} files from {description}"
+
+
 def load_corpus(
     sources: Sequence[str | Path] | None,
     options: TextOptions = TextOptions(),
@@ -144,7 +149,7 @@ def load_corpus(
     else:
         candidates = resolve_sources(sources)
         single = len(candidates) == 1 and candidates[0].named
-        description = str(candidates[0].path) if single else f"{len(candidates)} files from {', '.join(map(str, sources))}"
+        description = str(candidates[0].path) if single else ", ".join(map(str, sources))
 
     skipped: list[SkippedFile] = []
     files: list[CorpusFile] = []
@@ -178,7 +183,7 @@ def load_corpus(
             ids, meta = hit
             kept = [f for i, f in enumerate(files) if i not in set(meta["undecodable"])]
             skipped += [SkippedFile(Path(files[i].path), meta["undecodable_reason"][str(i)]) for i in meta["undecodable"]]
-            corpus = Corpus(description, Vocab(meta["vocab"]), ids, meta["sha256"], kept)
+            corpus = Corpus(_describe(description, kept), Vocab(meta["vocab"]), ids, meta["sha256"], kept)
             return LoadedCorpus(corpus, skipped, from_cache=True)
 
     pieces: list[str | bytes] = []
@@ -208,7 +213,7 @@ def load_corpus(
     digest = kept_files[0].sha256 if len(kept_files) == 1 else sha256_hex(
         "".join(f"{f.sha256}\n" for f in kept_files) + repr(separator)
     )
-    corpus = Corpus.from_text(text, description, min_char_count=min_char_count, sha256=digest, files=kept_files)
+    corpus = Corpus.from_text(text, _describe(description, kept_files), min_char_count=min_char_count, sha256=digest, files=kept_files)
     del text
     if cache is not None:
         cache.save(

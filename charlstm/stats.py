@@ -21,9 +21,10 @@ from .presets import PRESETS
 from .sources import SkippedFile, why_not_text, resolve_sources
 
 _ALLOWED_CONTROLS = frozenset("\n\r\t")
-# Bytes of memory per corpus byte while a corpus is first read and encoded
-# (raw bytes, the decoded text and the ids at once), from benchmarks/corpus_scale.py.
-_ENCODE_PEAK_PER_BYTE = 3.0
+# Memory per corpus byte, beyond the ids, while a corpus is first read and encoded
+# (raw bytes and decoded text overlap briefly): benchmarks/corpus_scale.py measured
+# 215 MB above the no-corpus floor for 101 MB of text, of which 101 MB are the ids.
+_ENCODE_PEAK_PER_BYTE = 1.2
 
 
 @dataclass

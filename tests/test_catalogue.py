@@ -5,8 +5,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -148,38 +146,37 @@ def test_the_shipped_catalogue_is_complete_and_never_invents_a_checksum():
         assert entry.sha256_source
 
 
-def run_cli(*args, cwd, catalogue):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CHARLSTM_CATALOGUE": str(catalogue)}
-    return subprocess.run([sys.executable, "-m", "charlstm", *args], capture_output=True, text=True, cwd=cwd, env=env)
+def run_cli(run_main, *args, cwd, catalogue):
+    return run_main(*args, cwd=cwd, env={"CHARLSTM_CATALOGUE": str(catalogue)})
 
 
-def test_corpus_get_prints_the_path_to_train_on(tmp_path, served):
+def test_corpus_get_prints_the_path_to_train_on(tmp_path, served, run_main):
     _, catalogue = served
-    done = run_cli("corpus", "get", "bundle", "--dir", "data", cwd=tmp_path, catalogue=catalogue)
+    done = run_cli(run_main, "corpus", "get", "bundle", "--dir", "data", cwd=tmp_path, catalogue=catalogue)
     assert done.returncode == 0, done.stderr
     assert done.stdout == os.path.join("data", "bundle.txt") + "\n"
-    listed = run_cli("corpus", "list", cwd=tmp_path, catalogue=catalogue)
+    listed = run_cli(run_main, "corpus", "list", cwd=tmp_path, catalogue=catalogue)
     assert listed.returncode == 0 and "bundle" in listed.stdout and "packed" in listed.stdout
 
 
-def test_bad_corpus_requests_end_in_one_error_line(tmp_path):
+def test_bad_corpus_requests_end_in_one_error_line(tmp_path, run_main):
     with RangeServer({"/plain.txt": TEXT[:-1] + b"?"}, cut_after={}) as server:
         catalogue = catalogue_file(tmp_path, server, [("plain", "/plain.txt", TEXT, "none", {})])
         for args, message in [(["corpus", "get", "plian"], "did you mean 'plain'"),
                               (["corpus", "get", "plain"], "checksum mismatch")]:
-            done = run_cli(*args, cwd=tmp_path, catalogue=catalogue)
+            done = run_cli(run_main, *args, cwd=tmp_path, catalogue=catalogue)
             lines = done.stderr.strip().splitlines()
             assert done.returncode != 0 and len(lines) == 1, done.stderr
             assert lines[0].startswith("error:") and message in lines[0]
 
 
-def test_an_interrupted_command_line_download_resumes(tmp_path):
+def test_an_interrupted_command_line_download_resumes(tmp_path, run_main):
     with RangeServer({"/plain.txt": TEXT}, cut_after={"/plain.txt": 10_000}) as server:
         catalogue = catalogue_file(tmp_path, server, [("plain", "/plain.txt", TEXT, "none", {})])
-        first = run_cli("corpus", "get", "plain", cwd=tmp_path, catalogue=catalogue)
+        first = run_cli(run_main, "corpus", "get", "plain", cwd=tmp_path, catalogue=catalogue)
         assert first.returncode != 0 and first.stderr.strip().splitlines()[-1].startswith("error:")
         assert "interrupted" in first.stderr
-        second = run_cli("corpus", "get", "plain", cwd=tmp_path, catalogue=catalogue)
+        second = run_cli(run_main, "corpus", "get", "plain", cwd=tmp_path, catalogue=catalogue)
     assert second.returncode == 0, second.stderr
     assert "resuming plain from byte 10,000" in second.stderr
     assert (tmp_path / "corpora" / "plain.txt").read_bytes() == TEXT

@@ -153,8 +153,8 @@ def test_train_on_a_folder_from_the_command_line(tmp_path):
         (lambda d: write(d / "mixed" / "bad.txt", b"\xff\xfe bad"), ["mixed"], "not valid utf-8"),
     ],
 )
-def test_bad_folders_end_in_one_error_line(tmp_path, setup, args, message):
+def test_bad_folders_end_in_one_error_line(tmp_path, run_main, setup, args, message):
     setup(tmp_path)
-    done = run_cli("train", *args, "--steps", "1", cwd=tmp_path)
+    done = run_main("train", *args, "--steps", "1", cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]

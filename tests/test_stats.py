@@ -1,7 +1,3 @@
-import os
-import subprocess
-import sys
-
 from charlstm.stats import corpus_stats
 
 
@@ -27,10 +23,8 @@ def test_stats_of_a_folder_note_mixed_endings_and_skipped_files(tmp_path):
     assert stats.line_ending_style == "mixed (LF 2, CRLF 1)"
 
 
-def test_corpus_stats_command_prints_a_table(tmp_path):
+def test_corpus_stats_command_prints_a_table(tmp_path, run_main):
     (tmp_path / "a.txt").write_text("hello world\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "charlstm", "corpus", "stats", "a.txt"], capture_output=True,
-                          text=True, cwd=tmp_path, env=env)
+    done = run_main("corpus", "stats", "a.txt", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "distinct" in done.stdout and "rule of thumb" in done.stdout

@@ -13,14 +13,18 @@ from typing import Any, Callable
 import click
 
 from . import __version__, analysis, console, gates, views
+from .cache import CorpusCache
+from .catalogue import fetch, find_entry, load_catalogue
 from .checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
-from .corpus import DEFAULT_CORPUS_DESCRIPTION, Corpus, TextOptions
+from .corpus import DEFAULT_CORPUS_DESCRIPTION, TextOptions
 from .errors import CharlstmError
 from .longrange import DemoConfig, run_long_range_demo, score_positions
 from .model import ModelConfig
 from .presets import DEFAULT_TIME_BUDGET, PRESETS, auto_size
 from .sample import Generator, SamplingOptions
 from .synth import SYNTH_KINDS, load_positions, make_synth
+from .sources import load_corpus
+from .stats import corpus_stats
 from .train import TrainConfig, Trainer
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
@@ -75,9 +79,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-TRAIN_HELP = f"""Train a model on CORPUS (a text file).
+TRAIN_HELP = f"""Train a model on CORPUS: text files, folders and quoted patterns ('poems/*.txt').
 
-With no CORPUS, trains on the built-in default: {DEFAULT_CORPUS_DESCRIPTION},
+Folders and patterns bring their files in sorted order, joined by
+--doc-separator; files that are not text are skipped with a note. The encoded
+corpus is cached (by content and options) so the next run starts at once. With
+no CORPUS, trains on the built-in default: {DEFAULT_CORPUS_DESCRIPTION},
 read from this Python installation. Stops at --steps, --epochs or --time,
 whichever comes first (10 minutes if none is given). Writes the run to
 OUT/NAME: best/ and last/ checkpoints and metrics.jsonl.
@@ -85,7 +92,7 @@ OUT/NAME: best/ and last/ checkpoints and metrics.jsonl.
 
 
 @cli.command(help=TRAIN_HELP)
-@click.argument("corpus", required=False, type=click.Path(path_type=Path))
+@click.argument("corpus", nargs=-1)
 @click.option("--time", "time_budget", type=Duration(), help="Wall-clock budget, e.g. 90s, 10m, 1h (default 10m when no other limit is given).")
 @click.option("--steps", type=click.IntRange(min=1), help="Stop after this many optimiser steps.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Stop after this many passes over the training text.")
@@ -108,9 +115,26 @@ OUT/NAME: best/ and last/ checkpoints and metrics.jsonl.
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
 @click.option("--errors", "decode_errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help="What to do with bytes that do not decode.")
 @click.option("--keep-crlf", is_flag=True, help="Keep Windows line endings instead of turning CRLF into LF.")
-def train(corpus: Path | None, **options: Any) -> None:
-    text_options = TextOptions(options["encoding"], options["decode_errors"], options["keep_crlf"])
-    data = Corpus.from_file(corpus, text_options)
+@click.option("--lowercase", is_flag=True, help="Fold the text to lower case (a smaller vocabulary; no capitals generated).")
+@click.option("--nfc/--no-nfc", default=True, show_default=True, help="Compose characters to Unicode NFC, so each letter is one id however the file spelled it.")
+@click.option("--min-char-count", type=click.IntRange(min=1), default=1, show_default=True, help="Characters seen fewer times become one unknown symbol (U+FFFD).")
+@click.option("--doc-separator", default="\\n", show_default=True, help="Text put between files (backslash escapes such as \\n work).")
+@click.option("--undecodable", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="A file in a folder or pattern that does not decode: stop, or skip it with a warning.")
+@click.option("--no-cache", is_flag=True, help="Encode the corpus afresh and do not store it in the cache.")
+def train(corpus: tuple[str, ...], **options: Any) -> None:
+    text_options = TextOptions(
+        options["encoding"], options["decode_errors"], options["keep_crlf"], options["lowercase"], options["nfc"]
+    )
+    loaded = load_corpus(
+        list(corpus) or None,
+        text_options,
+        separator=options["doc_separator"].encode("latin-1", "backslashreplace").decode("unicode_escape"),
+        undecodable=options["undecodable"],
+        min_char_count=options["min_char_count"],
+        cache=None if options["no_cache"] else CorpusCache(),
+    )
+    console.note_skipped(loaded.skipped)
+    data = loaded.corpus
     if options["steps"] is None and options["epochs"] is None and options["time_budget"] is None:
         options["time_budget"] = DEFAULT_TIME_BUDGET
     preset = PRESETS[options["size"] or auto_size(options["time_budget"], len(data))]
@@ -139,7 +163,7 @@ def train(corpus: Path | None, **options: Any) -> None:
         device=options["device"],
         precision=options["precision"],
     )
-    stem = corpus.stem if corpus is not None else "pystdlib"
+    stem = _run_stem(corpus)
     name = options["name"] or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = options["out"] / name
     trainer = Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter())
@@ -147,6 +171,59 @@ def train(corpus: Path | None, **options: Any) -> None:
         result = trainer.train()
     views.show_curves(read_metrics(result.run_dir))
     console.note(f"sample from it: charlstm sample -c {result.run_dir}")
+
+
+def _run_stem(corpus: tuple[str, ...]) -> str:
+    """A run name from the first corpus source: a file's stem, a folder's name, a pattern's folder."""
+    if not corpus:
+        return "pystdlib"
+    first = Path(corpus[0])
+    while any(c in first.name for c in "*?[") and first != first.parent:
+        first = first.parent
+    return first.stem or "corpus"
+
+
+@cli.group()
+@click.option("--catalogue", type=click.Path(dir_okay=False, path_type=Path), envvar="CHARLSTM_CATALOGUE",
+              help="Catalogue file to use instead of the one in corpora/ (env: CHARLSTM_CATALOGUE).")
+@click.pass_context
+def corpus(ctx: click.Context, catalogue: Path | None) -> None:
+    """Known corpora: list them, download one, look inside any text, or generate a synthetic one."""
+    ctx.obj["catalogue"] = catalogue
+
+
+@corpus.command("list")
+@click.pass_context
+def corpus_list(ctx: click.Context) -> None:
+    """Show the corpora that 'charlstm corpus get' can download."""
+    console.print_catalogue(load_catalogue(ctx.obj["catalogue"]))
+
+
+@corpus.command("get")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("corpora"), show_default=True, help="Where to put the download.")
+@click.option("--unverified", is_flag=True, help="Download a corpus whose catalogue entry has no known SHA-256.")
+@click.pass_context
+def corpus_get(ctx: click.Context, name: str, directory: Path, unverified: bool) -> None:
+    """Download NAME (resuming a partial download), verify its SHA-256, unpack it, print the path to train on."""
+    entry = find_entry(load_catalogue(ctx.obj["catalogue"]), name)
+    result = fetch(entry, directory, console.DownloadBar(), allow_unverified=unverified)
+    if not result.verified:
+        console.warn(f"{entry.name} was not verified (no published checksum); its sha256 is {result.sha256}")
+    elif not result.downloaded:
+        console.note(f"{entry.name} is already here and its checksum matches")
+    console.write_text(f"{result.path}\n")
+
+
+@corpus.command("stats")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the files.")
+@click.option("--rarest", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many of the rarest characters to list.")
+def corpus_stats_command(sources: tuple[str, ...], encoding: str, rarest: int) -> None:
+    """Size, characters, oddities and a fitting model size for text files, folders or patterns."""
+    stats = corpus_stats(sources, TextOptions(encoding=encoding), rarest)
+    console.note_skipped(stats.skipped)
+    console.print_corpus_stats(stats)
 
 
 class _stop_on_signals:
@@ -338,11 +415,6 @@ def plot(checkpoint: Path | None, output: Path) -> None:
     with replacing(output) as staging:
         views.save_curve_png(summary.records, staging, summary.checkpoint.parent.name)
     console.note(f"wrote {output}")
-
-@cli.group()
-def corpus() -> None:
-    """Make, fetch and describe corpora."""
-
 
 @corpus.command("synth")
 @click.argument("kind", type=click.Choice(list(SYNTH_KINDS)))

@@ -18,12 +18,16 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from tqdm import tqdm
 
 from .train import EvalStats, RunInfo, StepStats, TrainResult
 
 if TYPE_CHECKING:
     from .longrange import DemoRow
     from .synth import SynthCorpus
+    from .catalogue import CatalogueEntry
+    from .sources import SkippedFile
+    from .stats import CorpusStats
 
 err = Console(stderr=True, highlight=False)
 
@@ -232,3 +236,76 @@ def show_position_score(figures: dict[str, object]) -> None:
     table.add_row("ideal loss", f"{figures['ideal_loss']:.4f} (a model that remembers everything)")
     table.add_row("no-memory loss", f"{figures['chance_loss']:.4f} (a model that forgot the long-range fact)")
     err.print(table)
+# -- corpora ----------------------------------------------------------------------
+
+out = Console(highlight=False)
+
+
+def format_bytes(size: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} B"
+
+
+def print_catalogue(entries: "Iterable[CatalogueEntry]") -> None:
+    """The known corpora, as a table on stdout (it is what the user asked for)."""
+    table = Table(title="corpora (charlstm corpus get NAME)")
+    for column in ("name", "download", "description", "licence", "sha256"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        checksum = entry.sha256[:12] + "…" if entry.sha256 else "[yellow]unknown[/]"
+        table.add_row(entry.name, format_bytes(entry.size), escape(entry.description), escape(entry.licence), checksum)
+    out.print(table)
+
+
+class DownloadBar:
+    """A tqdm bar on stderr for :func:`charlstm.catalogue.fetch`."""
+
+    def __init__(self) -> None:
+        self._bar: tqdm | None = None
+
+    def start(self, name: str, total: int | None, done: int) -> None:
+        if done:
+            note(f"resuming {name} from byte {done:,}")
+        self._bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=name, file=sys.stderr, leave=False,
+                         disable=not err.is_terminal)
+
+    def advance(self, size: int) -> None:
+        if self._bar is not None:
+            self._bar.update(size)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def note_skipped(skipped: "Iterable[SkippedFile]") -> None:
+    for item in skipped:
+        note(f"skipped {item.path}: {item.reason}")
+
+
+def _shown(char: str) -> str:
+    return repr(char) if not char.isprintable() or char.isspace() else char
+
+
+def print_corpus_stats(stats: "CorpusStats") -> None:
+    """A corpus's statistics, as a table on stdout."""
+    table = Table(title="corpus statistics", show_header=False)
+    table.add_row("files", f"{stats.files}" + (f" ({len(stats.skipped)} skipped)" if stats.skipped else ""))
+    table.add_row("size", f"{stats.bytes:,} bytes ({format_bytes(stats.bytes)})")
+    table.add_row("characters", f"{stats.chars:,}")
+    table.add_row("distinct", f"{stats.distinct:,}")
+    table.add_row("rarest", escape(", ".join(f"{_shown(c)} ×{n:,}" for c, n in stats.rarest)))
+    table.add_row("line endings", stats.line_ending_style)
+    table.add_row("BOM", f"{stats.files_with_bom} file(s)" if stats.files_with_bom else "none")
+    for label, found in (("control chars", stats.controls), ("invisible chars", stats.invisible)):
+        shown = ", ".join(f"U+{ord(c):04X} ×{n:,}" for c, n in found.items())
+        table.add_row(label, shown or "none")
+    table.add_row("memory", f"ids {format_bytes(stats.ids_bytes)} while training; about "
+                  f"{format_bytes(stats.encode_peak_bytes)} at peak while first encoding (then cached)")
+    presets = ", ".join(f"{name} {format_count(n)}" for name, n in stats.preset_parameters.items())
+    table.add_row("model size", f"~{format_count(stats.suggested_parameters)} parameters (char-rnn's rule of thumb: "
+                  f"about as many as characters); closest preset: --size {stats.closest_preset} ({presets})")
+    out.print(table)

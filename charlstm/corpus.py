@@ -1,16 +1,20 @@
 """Reading text and turning it into compact arrays of character ids.
 
-Everything here is vectorised with numpy: a corpus of many megabytes is encoded in
-a fraction of a second because no Python code runs per character.
+Everything here is vectorised and works in chunks: no Python code runs per
+character, and no temporary is much larger than a chunk, so a 100 MB corpus is
+counted and encoded in about a second with little memory beyond its ids. Text
+whose characters all fit in one byte (ASCII, Latin-1) takes a faster path still:
+``bytes.translate`` with a 256-entry table.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sysconfig
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -23,25 +27,77 @@ UnknownPolicy = Literal["error", "skip", "replace"]
 DEFAULT_CORPUS_DESCRIPTION = "the Python standard library's top-level modules (Lib/*.py)"
 
 
+# Rare characters folded by --min-char-count become this one symbol: the Unicode
+# replacement character, which already means "some character that was lost".
+UNKNOWN_CHAR = "\ufffd"
+
+# Characters per chunk: large enough that numpy runs at full speed, small enough
+# that the int32 temporaries of a chunk stay in the CPU cache.
+_CHUNK = 1 << 20
+
+_BYTE_TEXT_ENCODINGS = ("utf8", "utf8sig", "ascii", "usascii", "latin1", "iso88591", "l1", "cp1252", "windows1252")
+_UTF8 = ("utf8", "utf8sig")
+# Every code point below U+0300 (where combining marks begin) is unchanged by NFC,
+# and in UTF-8 all of them are written with lead bytes below 0xCC.
+_FIRST_UTF8_BYTE_NFC_CAN_CHANGE = 0xCC
+
+
 def _codepoints(text: str) -> np.ndarray:
     # surrogatepass keeps lone surrogates (possible in command-line strings) encodable.
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
+def _codec_key(encoding: str) -> str:
+    return encoding.lower().replace("-", "").replace("_", "")
+
+
 @dataclass(frozen=True)
 class TextOptions:
-    """How bytes on disk become text."""
+    """How bytes on disk become the text a model learns.
+
+    ``nfc`` composes characters (e + combining acute becomes é) so one letter is
+    one id however the file spelled it; ``lowercase`` folds case, which shrinks
+    the vocabulary at the cost of never generating capitals.
+    """
 
     encoding: str = "utf-8"
     errors: Literal["strict", "replace", "ignore"] = "strict"
     keep_crlf: bool = False
+    lowercase: bool = False
+    nfc: bool = True
 
 
-def decode_bytes(data: bytes, source: str, options: TextOptions = TextOptions()) -> str:
-    """Decode a corpus, refusing binary data and naming the first bad byte."""
+def _crlf_to_lf(data: bytes) -> bytes:
+    """CRLF becomes LF in bytes of an ASCII-compatible encoding; a lone CR stays."""
+    carriage_returns = data.count(b"\r")
+    if carriage_returns == 0:
+        return data
+    if carriage_returns == data.count(b"\r\n"):  # every CR starts a CRLF: delete them all, at memcpy speed
+        return data.translate(None, b"\r")
+    raw = np.frombuffer(data, dtype=np.uint8)
+    drop = np.zeros(len(raw), dtype=bool)
+    drop[:-1] = (raw[:-1] == 13) & (raw[1:] == 10)
+    return raw[~drop].tobytes()
+
+
+def prepare_text(data: bytes, source: str, options: TextOptions = TextOptions()) -> str | bytes:
+    """The text to train on, from a file's bytes: checked, decoded and normalised.
+
+    ASCII text is returned as ``bytes`` and never becomes a ``str``: the vocabulary
+    and the encoder read bytes directly, which is the fast path for large corpora.
+    """
+    codec = _codec_key(options.encoding)
     nul = data.find(b"\x00")
-    if nul >= 0 and options.encoding.lower().replace("-", "") in ("utf8", "utf8sig", "latin1", "ascii"):
+    if nul >= 0 and codec in _BYTE_TEXT_ENCODINGS:
         raise CorpusError(f"{source} looks like a binary file (NUL byte at offset {nul}); give a text file")
+    byte_text = codec in _BYTE_TEXT_ENCODINGS
+    if byte_text:
+        if codec in _UTF8 and data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+        if not options.keep_crlf:
+            data = _crlf_to_lf(data)
+        if data.isascii():
+            return data.lower() if options.lowercase else data
     try:
         text = data.decode(options.encoding, options.errors)
     except UnicodeDecodeError as error:
@@ -53,9 +109,24 @@ def decode_bytes(data: bytes, source: str, options: TextOptions = TextOptions())
         raise CorpusError(f"unknown text encoding {options.encoding!r}; try --encoding utf-8") from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    if not options.keep_crlf:
+    if not options.keep_crlf and not byte_text:
         text = text.replace("\r\n", "\n")
+    already_nfc = codec in _UTF8 and (not data or np.frombuffer(data, np.uint8).max() < _FIRST_UTF8_BYTE_NFC_CAN_CHANGE)
+    if options.nfc and not already_nfc:
+        text = unicodedata.normalize("NFC", text)
+    if options.lowercase:
+        text = text.lower()
     return text
+
+
+def as_str(text: str | bytes) -> str:
+    """Text from :func:`prepare_text` as a ``str`` (its bytes are always ASCII)."""
+    return text.decode("ascii") if isinstance(text, bytes) else text
+
+
+def decode_bytes(data: bytes, source: str, options: TextOptions = TextOptions()) -> str:
+    """Decode a corpus, refusing binary data and naming the first bad byte."""
+    return as_str(prepare_text(data, source, options))
 
 
 def read_text(path: str | Path, options: TextOptions = TextOptions()) -> str:
@@ -90,11 +161,49 @@ def read_default_corpus() -> str:
     return "\n".join(read_text(path, TextOptions(errors="replace")) for path in default_corpus_files())
 
 
+def _chunks(text: str | bytes) -> Iterator[tuple[np.ndarray, bytes | None]]:
+    """Code points of consecutive pieces of ``text``, with the piece's bytes where every point fits in one.
+
+    A piece whose characters are all below 256 (ASCII or Latin-1) comes as uint8
+    plus those bytes, which :meth:`Vocab.encode` can translate in one C call; any
+    other piece comes as uint32 from UTF-32.
+    """
+    for start in range(0, len(text), _CHUNK):
+        piece = text[start : start + _CHUNK]
+        if isinstance(piece, bytes):
+            yield np.frombuffer(piece, dtype=np.uint8), piece
+            continue
+        try:
+            narrow = piece.encode("latin-1")
+        except UnicodeEncodeError:
+            yield np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), dtype="<u4"), None
+        else:
+            yield np.frombuffer(narrow, dtype=np.uint8), narrow
+
+
+def char_counts(text: str | bytes) -> np.ndarray:
+    """How often each code point occurs: ``counts[c]`` for code point ``c`` (bytes count as ASCII)."""
+    counts = np.zeros(256, dtype=np.int64)
+    for points, _ in _chunks(text):
+        found = np.bincount(points, minlength=256) if points.dtype == np.uint8 else np.bincount(points)
+        if len(found) > len(counts):
+            found[: len(counts)] += counts
+            counts = found
+        else:
+            counts[: len(found)] += found
+    return counts
+
+
+def _chars_of(points: np.ndarray) -> list[str]:
+    return list(points.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
+
+
 class Vocab:
     """The sorted set of characters a model knows, and the id of each.
 
     Ids are positions in the sorted list, so the vocabulary is fully described by
-    its characters and survives a round trip through JSON.
+    its characters and survives a round trip through JSON. When it holds
+    :data:`UNKNOWN_CHAR`, that character stands for every character it lacks.
     """
 
     def __init__(self, chars: Sequence[str]):
@@ -107,13 +216,29 @@ class Vocab:
             raise CorpusError("vocabulary characters must be sorted and distinct")
         self.chars: list[str] = list(chars)
         self._codepoints = codepoints
+        # id of every code point up to the largest known one, -1 for the rest; the
+        # extra last entry answers for all code points beyond the table.
+        self._ids = np.full(max(256, int(codepoints[-1]) + 1) + 1, -1, dtype=np.int32)
+        self._ids[codepoints] = np.arange(len(codepoints), dtype=np.int32)
+        narrow = codepoints[codepoints < 256]
+        self._narrow_known = narrow.astype(np.uint8).tobytes()
+        self._narrow_table = np.maximum(self._ids[:256], 0).astype(np.uint8).tobytes() if len(self) <= 256 else None
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocab":
+    def from_text(cls, text: str | bytes) -> "Vocab":
         if not text:
             raise CorpusError("cannot build a vocabulary from empty text")
-        unique = np.unique(_codepoints(text))
-        return cls(list(unique.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")))
+        return cls.from_counts(char_counts(text))
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, min_count: int = 1) -> "Vocab":
+        """The characters seen at least ``min_count`` times, plus :data:`UNKNOWN_CHAR` if any were rarer."""
+        present = counts > 0
+        kept = present & (counts >= min_count)
+        chars = _chars_of(np.flatnonzero(kept))
+        if (present & ~kept).any() and UNKNOWN_CHAR not in chars:
+            chars = sorted([*chars, UNKNOWN_CHAR])
+        return cls(chars)
 
     def __len__(self) -> int:
         return len(self.chars)
@@ -136,45 +261,58 @@ class Vocab:
             return np.dtype(np.uint16)
         return np.dtype(np.uint32)
 
-    def _lookup(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        points = _codepoints(text)
-        positions = np.searchsorted(self._codepoints, points)
-        clipped = np.minimum(positions, len(self._codepoints) - 1)
-        known = self._codepoints[clipped] == points
-        return points, clipped, known
+    @property
+    def unknown_id(self) -> int | None:
+        """The id of :data:`UNKNOWN_CHAR` when the vocabulary uses it for rare characters."""
+        return self.chars.index(UNKNOWN_CHAR) if UNKNOWN_CHAR in self.chars else None
 
-    def unknown_chars(self, text: str) -> list[str]:
+    def _lookup(self, points: np.ndarray) -> np.ndarray:
+        """Ids of ``points`` as int32, -1 where a code point is not in the vocabulary."""
+        if points.dtype == np.uint8:
+            return self._ids[:256][points]
+        return self._ids[np.minimum(points, len(self._ids) - 1)]
+
+    def unknown_chars(self, text: str | bytes) -> list[str]:
         """Characters of ``text`` outside the vocabulary, each once, in sorted order."""
-        points, _, known = self._lookup(text)
-        missing = np.unique(points[~known])
-        return list(missing.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
+        return list(self.unknown_counts(text))
 
-    def unknown_counts(self, text: str) -> dict[str, int]:
+    def unknown_counts(self, text: str | bytes) -> dict[str, int]:
         """How often each character outside the vocabulary occurs in ``text``, for reports."""
-        points, _, known = self._lookup(text)
-        missing, counts = np.unique(points[~known], return_counts=True)
-        chars = missing.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
-        return dict(zip(chars, counts.tolist()))
+        missing = [points[self._lookup(points) < 0] for points, _ in _chunks(text)]
+        if not missing:
+            return {}
+        points, counts = np.unique(np.concatenate(missing).astype(np.uint32), return_counts=True)
+        return dict(zip(_chars_of(points), counts.tolist()))
 
-    def encode(self, text: str, unknown: UnknownPolicy = "error", replacement: str | None = None) -> np.ndarray:
-        """Map text to ids; unknown characters raise, are dropped, or become ``replacement``.
+    def encode(self, text: str | bytes, unknown: UnknownPolicy = "error", replacement: str | None = None) -> np.ndarray:
+        """Map text (``bytes`` are read as ASCII) to ids; unknown characters raise, are dropped, or become ``replacement``.
 
-        ``replacement`` defaults to a space (or the first character when the
-        vocabulary has no space), a choice that disturbs the model least.
+        ``replacement`` defaults to :data:`UNKNOWN_CHAR` when the vocabulary has it,
+        else a space (or the first character), a choice that disturbs the model least.
         """
-        _, ids, known = self._lookup(text)
-        if not known.all():
-            if unknown == "error":
-                raise UnknownCharactersError(self.unknown_chars(text))
-            if unknown == "skip":
-                ids = ids[known]
+        out = np.empty(len(text), dtype=self.dtype)
+        filled = 0
+        for points, narrow in _chunks(text):
+            if narrow is not None and self._narrow_table is not None and not narrow.translate(None, self._narrow_known):
+                ids: np.ndarray = np.frombuffer(narrow.translate(self._narrow_table), dtype=np.uint8)
             else:
-                ids = ids.copy()
-                ids[~known] = self.index(replacement if replacement is not None else self.default_replacement)
-        return ids.astype(self.dtype)
+                ids = self._lookup(points)
+                known = ids >= 0
+                if not known.all():
+                    if unknown == "error":
+                        raise UnknownCharactersError(self.unknown_chars(text))
+                    if unknown == "skip":
+                        ids = ids[known]
+                    else:
+                        ids[~known] = self.index(replacement if replacement is not None else self.default_replacement)
+            out[filled : filled + len(ids)] = ids
+            filled += len(ids)
+        return out if filled == len(out) else out[:filled].copy()
 
     @property
     def default_replacement(self) -> str:
+        if UNKNOWN_CHAR in self:
+            return UNKNOWN_CHAR
         return " " if " " in self else self.chars[0]
 
     def index(self, char: str) -> int:
@@ -187,30 +325,70 @@ class Vocab:
         return points.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
 
 
+def sha256_hex(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data).hexdigest()
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    """One file a corpus was read from, as it was on disk."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+
 @dataclass
 class Corpus:
-    """A text as ids, with the vocabulary that maps between the two."""
+    """A text as ids, with the vocabulary that maps between the two.
+
+    ``ids`` may be a read-only memory map of the encoded-corpus cache; nothing
+    downstream copies it whole (splits and batch streams are views).
+    """
 
     source: str
     vocab: Vocab
     ids: np.ndarray
     sha256: str
+    files: list[CorpusFile] = field(default_factory=list)
 
     @classmethod
-    def from_text(cls, text: str, source: str = "<text>", vocab: Vocab | None = None) -> "Corpus":
-        vocab = vocab or Vocab.from_text(text)
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        return cls(source=source, vocab=vocab, ids=vocab.encode(text), sha256=digest)
+    def from_text(
+        cls,
+        text: str | bytes,
+        source: str = "<text>",
+        vocab: Vocab | None = None,
+        min_char_count: int = 1,
+        sha256: str | None = None,
+        files: Sequence[CorpusFile] = (),
+    ) -> "Corpus":
+        """Encode ``text`` with ``vocab``, or with its own vocabulary (rarer characters than ``min_char_count`` folded)."""
+        folds_rare_chars = vocab is None
+        if vocab is None:
+            if not text:
+                raise CorpusError("cannot build a vocabulary from empty text")
+            vocab = Vocab.from_counts(char_counts(text), min_char_count)
+        ids = vocab.encode(text, unknown="replace" if folds_rare_chars else "error")
+        return cls(source=source, vocab=vocab, ids=ids, sha256=sha256 or sha256_hex(text), files=list(files))
 
     @classmethod
     def from_file(cls, path: str | Path | None, options: TextOptions = TextOptions()) -> "Corpus":
         """Read a corpus file, or the built-in default corpus when ``path`` is None."""
-        if path is None:
-            return cls.from_text(read_default_corpus(), source=DEFAULT_CORPUS_DESCRIPTION)
-        return cls.from_text(read_text(path, options), source=str(path))
+        from .sources import load_corpus  # sources builds on this module
+
+        return load_corpus([path] if path is not None else None, options, cache=None).corpus
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint records about the text it was trained on."""
+        return {
+            "source": self.source,
+            "chars": len(self),
+            "sha256": self.sha256,
+            "files": [asdict(f) for f in self.files],
+        }
 
     def split(self, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
         """Training ids first, validation ids last: one contiguous cut, as nanoGPT does."""

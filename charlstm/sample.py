@@ -75,6 +75,8 @@ class Generator:
         return self.vocab.chars[0]
 
     def encode_prime(self, text: str, unknown: UnknownPolicy = "error") -> torch.Tensor:
+        if unknown == "error" and self.vocab.unknown_id is not None:
+            unknown = "replace"  # the model learned the unknown symbol for exactly these characters
         ids = self.vocab.encode(text, unknown=unknown)
         return torch.from_numpy(ids.astype("int64"))
 
@@ -122,8 +124,13 @@ class Generator:
         rng.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
         logits, state = self.prime(prime, num_samples, unknown, state)
         self.last_state = state
+        # The unknown symbol stands for characters too rare to learn: never write it.
+        unknown_id = self.vocab.unknown_id if len(self.vocab) > 1 else None
         for _ in range(length):
-            ids = pick_next(logits.cpu(), options, rng)
+            scores = logits.cpu()
+            if unknown_id is not None:
+                scores[:, unknown_id] = float("-inf")
+            ids = pick_next(scores, options, rng)
             yield [self.vocab.chars[i] for i in ids.tolist()]
             logits, state = self.feed_step(ids, state)
             self.last_state = state

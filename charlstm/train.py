@@ -343,7 +343,7 @@ class Trainer:
             "model": self.model_config.to_dict(),
             "vocab": self.corpus.vocab.chars,
             "train": self.config.to_dict(),
-            "corpus": {"source": self.corpus.source, "chars": len(self.corpus), "sha256": self.corpus.sha256},
+            "corpus": self.corpus.describe(),
             "precision": self.precision,
             "metrics": {
                 "step": self.step,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,35 @@ def tiny_corpus_file(tmp_path_factory: pytest.TempPathFactory, tiny_text: str) -
     path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
     path.write_text(tiny_text, encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def private_corpus_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and every CLI it starts) caches encoded corpora in its own directory, never the user's."""
+    directory = tmp_path_factory.mktemp("corpus-cache")
+    monkeypatch.setenv("CHARLSTM_CACHE_DIR", str(directory))
+    return directory
+
+
+@pytest.fixture
+def run_main(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """Run `charlstm ARGS` in this process (faster than a subprocess); returns (exit code, stdout, stderr)."""
+    from charlstm.cli import main
+
+    def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+    return run
 
 
 TINY_MODEL = dict(emb_size=16, hidden_size=48, num_layers=2, dropout=0.0)

@@ -89,3 +89,52 @@ def test_default_corpus_is_python_source():
     corpus = Corpus.from_file(None)
     assert len(corpus) > 100_000
     assert "def " in corpus.vocab.decode(corpus.ids[:5000])
+
+
+import charlstm.corpus as corpus_module
+from charlstm.corpus import UNKNOWN_CHAR, char_counts, prepare_text
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1, max_size=60))
+def test_chunked_encoding_matches_across_chunk_boundaries(text):
+    whole = Vocab.from_text(text)
+    original = corpus_module._CHUNK
+    corpus_module._CHUNK = 7
+    try:
+        chunked = Vocab.from_text(text)
+        ids = chunked.encode(text)
+    finally:
+        corpus_module._CHUNK = original
+    assert chunked == whole
+    assert np.array_equal(ids, whole.encode(text))
+
+
+def test_ascii_bytes_latin1_and_wide_text_take_equal_paths():
+    for text in ["plain ascii\n", "café à la crème\n", "東京 and ascii 🙂\n"]:
+        vocab = Vocab.from_text(text)
+        assert vocab.decode(vocab.encode(text)) == text
+    assert np.array_equal(Vocab.from_text(b"abc ab").encode(b"abc ab"), Vocab.from_text("abc ab").encode("abc ab"))
+
+
+def test_char_counts_count_every_code_point():
+    counts = char_counts("aab🙂")
+    assert counts[ord("a")] == 2 and counts[ord("b")] == 1 and counts[ord("🙂")] == 1 and counts.sum() == 4
+
+
+def test_rare_characters_fold_into_the_unknown_symbol():
+    corpus = Corpus.from_text("aaaa bbbb x y", min_char_count=2)
+    assert corpus.vocab.chars == [" ", "a", "b", UNKNOWN_CHAR]
+    assert corpus.vocab.decode(corpus.ids) == f"aaaa bbbb {UNKNOWN_CHAR} {UNKNOWN_CHAR}"
+    assert corpus.vocab.default_replacement == UNKNOWN_CHAR
+
+
+def test_nfc_composes_and_can_be_switched_off():
+    decomposed = "cafe\u0301".encode("utf-8")
+    assert prepare_text(decomposed, "x") == "café"
+    assert prepare_text(decomposed, "x", TextOptions(nfc=False)) == "cafe\u0301"
+
+
+def test_lowercase_and_lone_carriage_returns():
+    assert prepare_text(b"Hello\r\nWorld\rX", "x", TextOptions(lowercase=True)) == b"hello\nworld\rx"
+    assert prepare_text("Élan\r\n".encode(), "x", TextOptions(lowercase=True)) == "élan\n"

@@ -1,0 +1,83 @@
+"""The encoded-corpus cache: ids and vocabulary saved once, memory-mapped after.
+
+Encoding 100 MB of text takes seconds; loading its saved ids with
+``np.load(mmap_mode="r")`` takes milliseconds and costs no memory until pages are
+read. An entry's key is a hash of the files' contents (their SHA-256) and of every
+option that changes the ids, so an edited file or a different option finds no entry
+and the corpus is encoded afresh. Entries are written under a temporary name and
+renamed into place, and the metadata file is written last: an entry that has its
+metadata is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CACHE_ENV = "CHARLSTM_CACHE_DIR"
+# Bump when the layout of an entry or the meaning of the ids changes.
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$CHARLSTM_CACHE_DIR``, else ``$XDG_CACHE_HOME/charlstm/corpora``, else ``~/.cache/charlstm/corpora``."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "charlstm" / "corpora"
+
+
+def cache_key(description: dict[str, Any]) -> str:
+    """A stable name for everything that determines the encoded ids."""
+    canonical = json.dumps({"format": CACHE_FORMAT, **description}, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:32]
+
+
+class CorpusCache:
+    """A directory of ``<key>.npy`` (ids) and ``<key>.json`` (vocabulary and provenance) pairs."""
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        return self.directory / f"{key}.npy", self.directory / f"{key}.json"
+
+    def load(self, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The memory-mapped ids and metadata of ``key``, or None when there is no usable entry."""
+        ids_path, meta_path = self._paths(key)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            ids = np.load(ids_path, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if len(ids) != meta.get("chars"):
+            return None
+        return ids, meta
+
+    def save(self, key: str, ids: np.ndarray, meta: dict[str, Any]) -> bool:
+        """Store an entry; False (and nothing left behind) when the directory cannot be written.
+
+        A cache that cannot be written only costs the next run its speed, so this
+        never fails the run that is encoding the corpus.
+        """
+        ids_path, meta_path = self._paths(key)
+        suffix = f".tmp-{os.getpid()}"
+        ids_tmp, meta_tmp = ids_path.with_name(ids_path.name + suffix), meta_path.with_name(meta_path.name + suffix)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with open(ids_tmp, "wb") as handle:
+                np.save(handle, np.ascontiguousarray(ids))
+            os.replace(ids_tmp, ids_path)
+            meta_tmp.write_text(json.dumps({**meta, "chars": len(ids)}, ensure_ascii=False), encoding="utf-8")
+            os.replace(meta_tmp, meta_path)
+        except OSError:
+            for leftover in (ids_tmp, meta_tmp):
+                leftover.unlink(missing_ok=True)
+            return False
+        return True

@@ -382,11 +382,11 @@ class ReplView:
                 write_text(text)
             return
         if last_typed_line is None:
-            sys.stdout.write(text)  # the screen does not show the text as it will be read: show it
+            self.out.file.write(text)  # the screen does not show the text as it will be read: show it
             self._at_line_start = not text or text.endswith("\n")
         elif last_typed_line and self._prompt_width + cell_len(last_typed_line) < self.out.width:
             # Back up to the end of the typed line so the continuation follows the text.
-            sys.stdout.write(f"\x1b[1A\x1b[{self._prompt_width + cell_len(last_typed_line) + 1}G")
+            self.out.file.write(f"\x1b[1A\x1b[{self._prompt_width + cell_len(last_typed_line) + 1}G")
             self._at_line_start = False
 
     def stream(self, char: str) -> None:
@@ -396,8 +396,8 @@ class ReplView:
             return
         if char != "\n" and not char.isprintable():
             char = chr(0x2400 + ord(char)) if ord(char) < 32 else "\ufffd"  # show control characters, never obey them
-        sys.stdout.write(f"{self._style_on}{char}{self._style_off}")
-        sys.stdout.flush()
+        self.out.file.write(f"{self._style_on}{char}{self._style_off}")
+        self.out.file.flush()
         self._at_line_start = char == "\n"
 
     def end_turn(self, text: str, continuations: list[str], ended: str, chars_per_second: float, seed: int) -> None:
@@ -408,8 +408,8 @@ class ReplView:
                 print_samples(continuations, text)
             return
         if not self._at_line_start:
-            sys.stdout.write("\n")
-        sys.stdout.flush()
+            self.out.file.write("\n")
+        self.out.file.flush()
         for index, continuation in enumerate(continuations[1:], 2):
             self.out.print(f"[dim]── continuation {index} of {len(continuations)} ──[/]")
             self.out.print(Text(text) + Text(continuation, style=self.CONTINUATION), soft_wrap=True)
@@ -437,9 +437,9 @@ class ReplView:
         error(message)
 
     def cancelled_line(self) -> None:
-        sys.stdout.write("\n")
+        self.out.file.write("\n")
 
     def goodbye(self) -> None:
         if self.interactive:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            self.out.file.write("\n")
+            self.out.file.flush()

@@ -354,8 +354,10 @@ class ReplSession:
         self.info = ModelInfo.of(loaded)
         self.reset()
         self.check_settings(self.settings)
-        # The first forward pass builds the kernels' plans; pay for it now, not on the first Enter.
-        for _ in self.generator.stream("", 2, SamplingOptions(), 1, 0):
+        # A turn's first run loads lazy modules and builds the kernels' plans: pay for it now, not on the first Enter.
+        start = self.generator.start_char
+        self.unknown_chars(start * 2)
+        for _ in self.generator.stream(start * 2, 2, SamplingOptions(), 1, 0):
             pass
 
     def reset(self) -> None:

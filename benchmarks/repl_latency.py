@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--repeats", type=int, default=15, help="turns per row")
-    parser.add_argument("--length", type=int, default=100, help="characters generated per turn")
+    parser.add_argument("--length", type=int, default=30, help="characters generated per turn")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

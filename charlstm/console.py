@@ -328,10 +328,11 @@ class ReplView:
         self.interactive = interactive
         self.out = out if out is not None else Console(highlight=False)
         self._prompt_width = 0
-        self._pending_samples: tuple[str, int] = ("", 1)
+        self._num_samples = 1
         self._at_line_start = True
         on, _, off = self._ansi(Text("\ue000", style=self.CONTINUATION)).partition("\ue000")
         self._style_on, self._style_off = on, off
+        self._can_move_cursor = self.out.is_terminal and not self.out.is_dumb_terminal
 
     def header(self, info: "ModelInfo") -> None:
         table = Table.grid(padding=(0, 2))
@@ -355,11 +356,10 @@ class ReplView:
         self._prompt_width = text.cell_len
         return re.sub(r"(\x1b\[[0-9;]*m)", "\x01\\1\x02", self._ansi(text))
 
-    def prompt(self, settings: str, context: str) -> str:
+    def prompt(self, mode: str, settings: str) -> str:
         if not self.interactive:
             return ""
-        shown = f" · {escape(context)}" if context else ""
-        return self._readline_safe(f"[dim]{escape(settings)}{shown}[/] [bold green]›[/] ")
+        return self._readline_safe(f"[bold]{escape(mode)}[/] [dim]{escape(settings)}[/] [bold green]›[/] ")
 
     def continuation_prompt(self) -> str:
         return self._readline_safe("[bold green]…[/] ") if self.interactive else ""
@@ -375,7 +375,7 @@ class ReplView:
 
     def begin_turn(self, text: str, num_samples: int, last_typed_line: str | None) -> None:
         """Start a turn's output; ``last_typed_line`` is what the user's last prompt line holds (None: not the text)."""
-        self._pending_samples = (text, num_samples)
+        self._num_samples = num_samples
         self._at_line_start = True
         if not self.interactive:
             if num_samples == 1:
@@ -384,14 +384,14 @@ class ReplView:
         if last_typed_line is None:
             self.out.file.write(text)  # the screen does not show the text as it will be read: show it
             self._at_line_start = not text or text.endswith("\n")
-        elif last_typed_line and self._prompt_width + cell_len(last_typed_line) < self.out.width:
+        elif last_typed_line and self._can_move_cursor and self._prompt_width + cell_len(last_typed_line) < self.out.width:
             # Back up to the end of the typed line so the continuation follows the text.
             self.out.file.write(f"\x1b[1A\x1b[{self._prompt_width + cell_len(last_typed_line) + 1}G")
             self._at_line_start = False
 
     def stream(self, char: str) -> None:
         if not self.interactive:
-            if self._pending_samples[1] == 1:
+            if self._num_samples == 1:  # several are printed together at the end, under headers
                 write_text(char)
             return
         if char != "\n" and not char.isprintable():
@@ -437,7 +437,8 @@ class ReplView:
         error(message)
 
     def cancelled_line(self) -> None:
-        self.out.file.write("\n")
+        self.out.file.write(f"{self._style_off}\n")
+        self.out.file.flush()
 
     def goodbye(self) -> None:
         if self.interactive:

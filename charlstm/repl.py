@@ -89,19 +89,19 @@ class ReplSettings:
         return SamplingOptions(self.temperature, self.top_k, self.top_p)
 
     def summary(self) -> str:
-        """The settings that differ from plain sampling, short enough for a prompt."""
-        parts = [self.mode, f"temp {self.temperature:g}", f"len {self.length}"]
+        """The settings in the words the commands use, short enough for a prompt: ``temp=0.8 len=300 seed=7``."""
+        parts = [f"temp={self.temperature:g}", f"len={self.length}"]
         if self.top_k is not None:
-            parts.append(f"topk {self.top_k}")
+            parts.append(f"topk={self.top_k}")
         if self.top_p is not None:
-            parts.append(f"topp {self.top_p:g}")
+            parts.append(f"topp={self.top_p:g}")
         if self.seed is not None:
-            parts.append(f"seed {self.seed}")
+            parts.append(f"seed={self.seed}")
         if self.num_samples > 1:
-            parts.append(f"n {self.num_samples}")
+            parts.append(f"n={self.num_samples}")
         if self.stop:
-            parts.append("stop " + " ".join(show_escaped(s) for s in self.stop))
-        return " · ".join(parts)
+            parts.append("stop=" + ",".join(show_escaped(s) for s in self.stop))
+        return " ".join(parts)
 
 
 # -- parsing values -------------------------------------------------------------------
@@ -300,7 +300,7 @@ class Turn:
                                   self.seed, "error", self._state)
         finished = [False] * settings.num_samples
         try:
-            for step in range(settings.length):
+            for _ in range(settings.length):
                 if self._interrupted:
                     self.ended = "interrupted"
                     break
@@ -413,7 +413,8 @@ class ReplSession:
             raise CharlstmError(f"{path} exists and is not a charlstm transcript; choose another name")
         lines = [f"{TRANSCRIPT_MARK} · run {self.info.run_name} · checkpoint {self.info.checkpoint}"]
         for number, record in enumerate(self.transcript, 1):
-            header = f"# turn {number} · {record.settings.summary()} · seed {record.seed} · ended by {record.ended}"
+            header = f"# turn {number} · {record.settings.mode} {record.settings.summary()}"
+            header += f" · ended by {record.ended}" if record.settings.seed is not None else f" seed={record.seed} · ended by {record.ended}"
             for index, continuation in enumerate(record.continuations, 1):
                 label = f" · continuation {index} of {len(record.continuations)}" if len(record.continuations) > 1 else ""
                 lines.append(header + label)
@@ -605,18 +606,14 @@ class Repl:
             self.view.header(self.session.info)
         while True:
             try:
-                entry = self._read_entry()
-            except EOFError:
+                self.handle(self._read_entry())
+            except (EOFError, _Quit):
                 self.view.goodbye()
                 return self._status()
             except KeyboardInterrupt:
-                self.view.cancelled_line()
-                continue
-            try:
-                self.handle(entry)
-            except _Quit:
-                self.view.goodbye()
-                return self._status()
+                if not self.interactive:
+                    raise
+                self.view.cancelled_line()  # Ctrl-C at a prompt, or twice in a turn: back to the prompt
             except CharlstmError as problem:
                 self.refused += 1
                 self.view.error(str(problem))
@@ -626,7 +623,7 @@ class Repl:
 
     def _read_entry(self) -> str:
         """A logical entry: lines ending in a backslash continue on the next line."""
-        prompt = self.view.prompt(self.session.settings.summary(), self._context_label())
+        prompt = self.view.prompt(self._mode_label(), self.session.settings.summary())
         prefill, self._prefill = self._prefill, ""
         parts = [self.lines.read(prompt, prefill)]
         while parts[-1].endswith("\\"):
@@ -636,10 +633,11 @@ class Repl:
         self._last_typed_line = parts[-1] if "\n" not in parts[-1] else None
         return "\n".join(parts)
 
-    def _context_label(self) -> str:
+    def _mode_label(self) -> str:
+        """``fresh``, or ``continue`` with how many characters the carried state has read."""
         if self.session.settings.mode == "continue" and self.session.context_chars:
-            return f"{self.session.context_chars} chars in state"
-        return ""
+            return f"continue+{self.session.context_chars}"
+        return self.session.settings.mode
 
     def handle(self, entry: str) -> None:
         """Run one entry: ``:command args``, or text to continue (``::`` starts text with a colon)."""

@@ -364,9 +364,11 @@ class ReplView:
     def continuation_prompt(self) -> str:
         return self._readline_safe("[bold green]…[/] ") if self.interactive else ""
 
-    def unknown_question(self, unknown: list[str]) -> str:
+    def unknown_question(self, unknown: list[str], can_keep: bool) -> str:
         shown = ", ".join(repr(c) for c in unknown)
         self.out.print(f"[yellow]the model never saw these characters:[/] {escape(shown)}", soft_wrap=True)
+        if can_keep:
+            return self._readline_safe("[bold]d[/]rop them, [bold]k[/]eep them as the unknown symbol, or [bold]r[/]e-type the text? \\[d/k/r] ")
         return self._readline_safe("[bold]d[/]rop them, or [bold]r[/]e-type the text? \\[d/r] ")
 
     def read_line(self, prompt: str) -> str:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, TextIO
 
 from .checkpoint import LoadedModel
+from .corpus import UnknownPolicy
 from .errors import CharlstmError, UnknownCharactersError
 from .model import State
 from .sample import Generator, SamplingOptions
@@ -385,9 +386,15 @@ class ReplSession:
     def unknown_chars(self, text: str) -> list[str]:
         return self.generator.vocab.unknown_chars(text)
 
-    def without_unknown(self, text: str) -> str:
+    @property
+    def has_unknown_symbol(self) -> bool:
+        """Whether the model learned one symbol for rare characters, which unseen ones can be read as."""
+        return self.generator.vocab.unknown_id is not None
+
+    def without_unknown(self, text: str, policy: UnknownPolicy = "skip") -> str:
+        """``text`` with unseen characters dropped (``skip``) or read as the unknown symbol (``replace``)."""
         vocab = self.generator.vocab
-        return vocab.decode(vocab.encode(text, unknown="skip"))
+        return vocab.decode(vocab.encode(text, unknown=policy))
 
     def start_turn(self, text: str) -> Turn:
         """A turn on ``text``; characters the model never saw are refused (drop them first)."""
@@ -683,14 +690,18 @@ class Repl:
     def turn(self, text: str) -> None:
         unknown = self.session.unknown_chars(text)
         if unknown:
-            if not self.interactive:
+            if self.interactive:
+                policy = self._ask_about_unknown(unknown)
+            elif self.session.has_unknown_symbol:
+                policy = "replace"  # as `charlstm sample` reads them
+            else:
                 raise CharlstmError(
                     "the model never saw these characters: " + ", ".join(repr(c) for c in unknown) + "; remove them from the input"
                 )
-            if not self._drop_unknown(unknown):
+            if policy is None:
                 self._prefill = text
                 return
-            text = self.session.without_unknown(text)
+            text = self.session.without_unknown(text, policy)
             self._last_typed_line = None
         turn = self.session.start_turn(text)
         self.view.begin_turn(text, self.session.settings.num_samples, self._last_typed_line)
@@ -705,14 +716,17 @@ class Repl:
         self.view.end_turn(turn.record.text, turn.record.continuations, turn.record.ended,
                            turn.record.chars_per_second, turn.record.seed)
 
-    def _drop_unknown(self, unknown: list[str]) -> bool:
-        """Ask whether to drop the unseen characters (True) or re-type the entry (False)."""
+    def _ask_about_unknown(self, unknown: list[str]) -> UnknownPolicy | None:
+        """Drop the unseen characters (``skip``), read them as the unknown symbol (``replace``), or re-type (None)."""
+        can_keep = self.session.has_unknown_symbol
         while True:
-            answer = self.lines.read(self.view.unknown_question(unknown), remember=False).strip().lower()
+            answer = self.lines.read(self.view.unknown_question(unknown, can_keep), remember=False).strip().lower()
             if answer in ("d", "drop"):
-                return True
+                return "skip"
+            if can_keep and answer in ("k", "keep"):
+                return "replace"
             if answer in ("r", "retype", "re-type", ""):
-                return False
+                return None
 
 
 def _current(settings: ReplSettings, name: str) -> str:

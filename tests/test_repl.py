@@ -1,5 +1,6 @@
 """The REPL: settings, continue mode's carried state, transcripts, piped use, and a real terminal session."""
 
+import io
 import os
 import re
 import subprocess
@@ -10,10 +11,14 @@ import pexpect
 import pytest
 import torch
 
-from charlstm import load
+from charlstm import CharLSTM, LoadedModel, ModelConfig, Vocab, load
+from charlstm.console import ReplView
+from charlstm.corpus import UNKNOWN_CHAR
 from charlstm.errors import CharlstmError, UnknownCharactersError
 from charlstm.repl import (
     Completer,
+    PipedLines,
+    Repl,
     ReplSession,
     ReplSettings,
     apply_setting,
@@ -252,3 +257,14 @@ def test_a_terminal_session_asks_about_unseen_characters_and_recalls_history(tra
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_piped_input_reads_unseen_characters_as_the_unknown_symbol_when_the_model_has_one(capsys):
+    vocab = Vocab(sorted(set("abc \n" + UNKNOWN_CHAR)))
+    model = CharLSTM(ModelConfig(vocab_size=len(vocab), emb_size=4, hidden_size=8, num_layers=1))
+    loaded = LoadedModel(model, vocab, {}, Path("untrained/best"))
+    session = ReplSession(loaded, ReplSettings(length=5, seed=1))
+    repl = Repl(session, ReplView(interactive=False), PipedLines(io.StringIO("abЖ\n")), lambda path: loaded, interactive=False)
+    assert repl.run() == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ab" + UNKNOWN_CHAR) and len(out) == len("abЖ") + 5 + 1

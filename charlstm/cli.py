@@ -461,6 +461,35 @@ def demo_long_range(distances: str, time_budget: float, cells: str, hidden: int,
     )
     rows = run_long_range_demo(config, progress=console.show_demo_progress)
     console.show_demo_table(rows)
+@cli.command("repl")
+@_CHECKPOINT_OPTION
+@_WHICH_OPTION
+@click.option("--temp", "temperature", type=click.FloatRange(0, 100), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
+@click.option("--len", "length", type=click.IntRange(1, 1_000_000), default=300, show_default=True, help="Characters to generate per turn.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k most likely characters.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Draw only from the smallest set of characters whose probability reaches p.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Seed every turn with this: the same text gets the same continuation.")
+@click.option("-n", "--num-samples", type=click.IntRange(1, 64), default=1, show_default=True, help="Continuations per turn.")
+@click.option("--stop", multiple=True, help=r'Stop a continuation once it ends with this (escapes such as \n work); repeatable.')
+@click.option("--mode", type=click.Choice(["fresh", "continue"]), default="fresh", show_default=True, help="continue: the model's state carries across turns.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+def repl_command(checkpoint: Path | None, which: str, temperature: float, length: int, top_k: int | None,
+                 top_p: float | None, seed: int | None, num_samples: int, stop: tuple[str, ...], mode: str, device: str) -> None:
+    """Type a beginning, watch the model continue it.
+
+    On a terminal: line editing, history, :help for settings. With stdin from a
+    pipe or file: one continuation per input line on stdout, no prompts or colours.
+    """
+    from . import repl
+    from .train import resolve_device
+
+    target = resolve_device(device)
+    settings = repl.ReplSettings(temperature, length, top_k, top_p, seed, num_samples,
+                                 tuple(repl.unescape(s) for s in stop), mode)  # type: ignore[arg-type]
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    status = repl.run(load(checkpoint, device=target, prefer=which), settings, console.ReplView(interactive),
+                      lambda path: load(path, device=target, prefer=which), interactive=interactive)
+    sys.exit(status)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,8 @@ carry the LSTM's hidden state from one batch to the next.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -46,6 +48,15 @@ class StreamBatches:
                 f"{batch_size} x {seq_len} (needs at least {needed}); use a smaller --batch-size "
                 "or --seq-len, or a longer text"
             )
+
+    def rows(self, selected: slice) -> "StreamBatches":
+        """The same cut restricted to some of its streams (a data-parallel rank's share): windows keep
+        their positions, so each row continues exactly as it does in the whole batch."""
+        share = copy.copy(self)
+        share.inputs = self.inputs[selected]
+        share.targets = self.targets[selected]
+        share.batch_size = len(share.inputs)
+        return share
 
     def __len__(self) -> int:
         """Windows in one pass over the streams."""

@@ -17,6 +17,7 @@ from .cache import CorpusCache
 from .catalogue import fetch, find_entry, load_catalogue
 from .checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
 from .corpus import DEFAULT_CORPUS_DESCRIPTION, TextOptions
+from .distributed import launched
 from .errors import CharlstmError
 from .longrange import DemoConfig, run_long_range_demo, score_positions
 from .model import ModelConfig
@@ -166,11 +167,13 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     stem = _run_stem(corpus)
     name = options["name"] or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = options["out"] / name
-    trainer = Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter())
-    with _stop_on_signals(trainer.request_stop):
-        result = trainer.train()
-    views.show_curves(read_metrics(result.run_dir))
-    console.note(f"sample from it: charlstm sample -c {result.run_dir}")
+    with launched() as distributed:  # under torchrun: one rank of a data-parallel run
+        trainer = Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter(), distributed=distributed)
+        with _stop_on_signals(trainer.request_stop):
+            result = trainer.train()
+    if trainer.is_main:
+        views.show_curves(read_metrics(result.run_dir))
+        console.note(f"sample from it: charlstm sample -c {result.run_dir}")
 
 
 def _run_stem(corpus: tuple[str, ...]) -> str:

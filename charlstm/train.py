@@ -18,11 +18,13 @@ from typing import Any, ContextManager, Literal, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
 from .batches import StreamBatches
 from .checkpoint import FORMAT_VERSION, append_metrics, write_checkpoint
 from .corpus import Corpus
+from .distributed import DistributedContext
 from .errors import CharlstmError, CorpusError
 from .model import CharLSTM, ModelConfig, State, detach_state
 
@@ -222,10 +224,21 @@ def evaluation_totals(
     seq_len: int,
     device: torch.device,
     precision: str = "fp32",
+    part: tuple[int, int] = (0, 1),
 ) -> tuple[float, int]:
     """Summed cross-entropy (nats) and the number of characters scored: the one evaluation that
-    the trainer and ``charlstm eval`` share, so their numbers agree."""
-    batches = StreamBatches(ids, eval_streams(len(ids), batch_size, seq_len), seq_len, what="evaluation text")
+    the trainer and ``charlstm eval`` share, so their numbers agree.
+
+    ``part`` = (index, parts) scores only that share of the streams, so the ranks of a
+    data-parallel run can split one evaluation and add up their totals.
+    """
+    streams = eval_streams(len(ids), batch_size, seq_len)
+    index, parts = part
+    batches = StreamBatches(ids, streams, seq_len, what="evaluation text").rows(
+        slice(index * streams // parts, (index + 1) * streams // parts)
+    )
+    if batches.batch_size == 0:
+        return 0.0, 0
     was_training = model.training
     model.eval()
     state = model.init_state(batches.batch_size, device)
@@ -244,7 +257,9 @@ class Trainer:
     """Owns one run: model, optimiser, data cursor, and the run directory it writes.
 
     Pass ``resume_state`` (from a run's ``last`` checkpoint) to continue a run
-    exactly where it stopped.
+    exactly where it stopped. Pass ``distributed`` (from ``torchrun``) to train one
+    rank of a data-parallel run: the rank reads its share of the batch's streams,
+    DDP averages the gradients, and only rank 0 reports and writes the run.
     """
 
     def __init__(
@@ -256,13 +271,19 @@ class Trainer:
         reporter: TrainReporter | None = None,
         resume_state: dict[str, Any] | None = None,
         model_state: dict[str, torch.Tensor] | None = None,
+        distributed: DistributedContext | None = None,
     ):
         self.corpus = corpus
         self.model_config = model_config
         self.config = config
         self.run_dir = Path(run_dir)
-        self.reporter = reporter or SilentReporter()
+        self.distributed = distributed
+        self.is_main = distributed is None or distributed.is_main
+        self.reporter = (reporter if self.is_main else None) or SilentReporter()
         self.device = resolve_device(config.device)
+        if distributed is not None:
+            own_rows = distributed.rows(config.batch_size)  # refuses an uneven split before joining the group
+            self.device = distributed.bind(self.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.train_ids, self.val_ids = corpus.split(config.val_frac)
         StreamBatches.check_trainable(len(self.train_ids), config.batch_size, config.seq_len)
@@ -272,10 +293,13 @@ class Trainer:
                 "a longer text, or --val-frac 0"
             )
         self.batches = StreamBatches(self.train_ids, config.batch_size, config.seq_len)
+        if distributed is not None:
+            self.batches = self.batches.rows(own_rows)
         torch.manual_seed(config.seed)
         self.model = CharLSTM(model_config).to(self.device)
         if model_state is not None:
             self.model.load_state_dict(model_state)
+        self.forward_model = self._data_parallel()
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
         )
@@ -289,12 +313,22 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.last_val_loss: float | None = None
         self.train_loss_ema: float | None = None
-        self.state: State = self.model.init_state(config.batch_size, self.device)
+        self.state: State = self.model.init_state(self.batches.batch_size, self.device)
         self._stop_requested = False
+        self._stopping = False
         self._resumed_from = 0
         self._session_start = (0, 0.0)
         if resume_state is not None:
             self._restore(resume_state)
+
+    def _data_parallel(self) -> torch.nn.Module:
+        """The model as the training forward calls it: under torchrun, wrapped in DDP so that backward
+        averages the gradients over the ranks; ranks past 0 then draw dropout masks of their own."""
+        if self.distributed is None:
+            return self.model
+        if not self.distributed.is_main:
+            torch.manual_seed(self.config.seed + self.distributed.rank)
+        return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """Weight decay on matrices only: biases and embeddings are left alone."""
@@ -358,7 +392,9 @@ class Trainer:
         }
 
     def training_state(self) -> dict[str, Any]:
-        return {
+        """What ``last`` saves besides the weights; under torchrun every rank must call it (it gathers
+        the whole batch's hidden state and each rank's RNG), though only rank 0 writes it."""
+        saved = {
             "step": self.step,
             "window": self.window,
             "epoch": self.epoch,
@@ -371,8 +407,28 @@ class Trainer:
             "train_loss_ema": self.train_loss_ema,
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(),
-            "hidden": [s.detach().cpu() for s in self.state],
+            "hidden": [self._whole_batch(s) for s in self.state],
         }
+        if self.distributed is not None:
+            saved["rank_rng"] = self.distributed.gather_objects(torch.get_rng_state())
+        return saved
+
+    def _whole_batch(self, rows: torch.Tensor) -> torch.Tensor:
+        """A (layers, B, H) hidden state for the whole batch: saved so, it resumes on any number of ranks."""
+        return rows.detach().cpu() if self.distributed is None else self.distributed.gather_rows(rows, dim=1)
+
+    def _own_rows(self, whole: torch.Tensor) -> torch.Tensor:
+        return whole if self.distributed is None else whole[:, self.distributed.rows(self.config.batch_size)]
+
+    def _own_rng(self, saved: dict[str, Any]) -> torch.Tensor:
+        """This rank's saved RNG; on a different number of ranks, rank 0 takes the saved one and the
+        others a fresh stream of their own (only dropout draws from it)."""
+        if self.distributed is None or self.distributed.is_main:
+            return saved["rng"]
+        by_rank = saved.get("rank_rng") or []
+        if len(by_rank) == self.distributed.world_size:
+            return by_rank[self.distributed.rank]
+        return torch.Generator().manual_seed(hash((self.config.seed, self.distributed.rank, self.step))).get_state()
 
     def _restore(self, saved: dict[str, Any]) -> None:
         for name in ("step", "window", "epoch", "elapsed", "train_seconds", "chars_seen", "evals_done"):
@@ -381,12 +437,14 @@ class Trainer:
         self.last_val_loss = saved["last_val_loss"]
         self.train_loss_ema = saved["train_loss_ema"]
         self.optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
-        self.state = tuple(s.to(self.device) for s in saved["hidden"])
+        torch.set_rng_state(self._own_rng(saved))
+        self.state = tuple(self._own_rows(s).to(self.device) for s in saved["hidden"])
         self._resumed_from = self.step
 
     def save(self, tag: str = "last") -> Path:
         state = self.training_state() if tag == "last" else None
+        if not self.is_main:
+            return self.run_dir / tag
         return write_checkpoint(self.run_dir, tag, self.model, self.checkpoint_config(), state)
 
     # -- the loop -----------------------------------------------------------------
@@ -403,13 +461,13 @@ class Trainer:
 
     def _train_step(self) -> float:
         if self.window == 0:
-            self.state = self.model.init_state(self.config.batch_size, self.device)
+            self.state = self.model.init_state(self.batches.batch_size, self.device)
         x, y = self.batches.window(self.window, self.device)
         lr = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(self.device, self.precision):
-            logits, state = self.model(x, self.state)
+            logits, state = self.forward_model(x, self.state)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -418,7 +476,7 @@ class Trainer:
         self.optimizer.step()
         self.state = detach_state(state)
         self.step += 1
-        self.chars_seen += y.numel()
+        self.chars_seen += self.config.batch_size * y.shape[1]  # the whole batch's, on every rank
         self.window += 1
         if self.window == len(self.batches):
             self.window = 0
@@ -428,6 +486,8 @@ class Trainer:
     def _log_metrics(self, **extra: float) -> None:
         """One line of metrics.jsonl: every evaluation (with ``val_loss``) and every ``log_every`` steps
         between them (without), so the training curve has more than a handful of points."""
+        if not self.is_main:
+            return
         record = {
             "step": self.step,
             "time": round(self.elapsed, 3),
@@ -440,16 +500,14 @@ class Trainer:
     def _evaluate_and_save(self) -> None:
         from .sample import Generator  # the sampler depends on the model, not on training
 
-        val_loss = evaluate(
-            self.model, self.val_ids, self.config.batch_size, self.config.seq_len, self.device, self.precision
-        )
+        val_loss = self._validation_loss()
         self.evals_done += 1
         self.last_val_loss = val_loss
         is_best = self.best_val_loss is None or val_loss < self.best_val_loss
         if is_best:
             self.best_val_loss = val_loss
         preview = ""
-        if self.config.preview_chars > 0:
+        if self.config.preview_chars > 0 and self.is_main:
             generator = Generator(self.model, self.corpus.vocab)
             preview = generator.generate("", self.config.preview_chars, temperature=0.8, seed=self.step)[0]
             self.model.train()
@@ -461,8 +519,32 @@ class Trainer:
             EvalStats(self.step, self.elapsed, val_loss, self.best_val_loss, is_best, preview)
         )
 
+    def _validation_loss(self) -> float:
+        """Over the whole validation split; under torchrun each rank reads a share of its streams and
+        the totals are added, so the figure is the one a single process gets."""
+        part = (0, 1) if self.distributed is None else (self.distributed.rank, self.distributed.world_size)
+        total, count = evaluation_totals(
+            self.model, self.val_ids, self.config.batch_size, self.config.seq_len, self.device, self.precision, part
+        )
+        if self.distributed is not None:
+            total, count = self.distributed.sum(total, count)
+        return total / count
+
+    def _agree(self, loss: float = 0.0) -> float:
+        """Give every rank the same clock, stop decision and loss (the mean over ranks), so all of them
+        evaluate, save and stop at the same step and none waits forever in a collective; for one
+        process it only takes in a stop request."""
+        if self.distributed is None:
+            self._stopping = self._stop_requested
+            return loss
+        table = self.distributed.gather_values(self.elapsed, float(self._stop_requested), loss)
+        self.elapsed = float(table[:, 0].max())
+        self._stopping = bool(table[:, 1].max() > 0)
+        return float(table[:, 2].mean())
+
     def train(self) -> TrainResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         self._session_start = (self.chars_seen, self.train_seconds)
         self.reporter.start(
@@ -482,18 +564,20 @@ class Trainer:
             )
         )
         clock = time.perf_counter() - self.elapsed
-        while self.progress() < 1.0 and not self._stop_requested:
+        self._agree()
+        while self.progress() < 1.0 and not self._stopping:
             step_start = time.perf_counter()
             loss = self._train_step()
+            now = time.perf_counter()
+            self.train_seconds += now - step_start
+            self.elapsed = now - clock
+            loss = self._agree(loss)
             if not math.isfinite(loss):
                 # ``last`` still holds the last good state; a diverged one must not replace it.
                 raise CharlstmError(
                     f"training diverged at step {self.step} (loss is {loss}); the last good checkpoint is kept "
                     f"in {self.run_dir}; try a lower --lr"
                 )
-            now = time.perf_counter()
-            self.train_seconds += now - step_start
-            self.elapsed = now - clock
             self.train_loss_ema = loss if self.train_loss_ema is None else 0.95 * self.train_loss_ema + 0.05 * loss
             progress = self.progress()
             self.reporter.step(
@@ -512,9 +596,10 @@ class Trainer:
             if self._eval_due() or (progress >= 1.0 and self.config.val_frac > 0):
                 self._evaluate_and_save()
                 self.elapsed = time.perf_counter() - clock
+                self._agree()
             elif self.config.log_every > 0 and self.step % self.config.log_every == 0:
                 self._log_metrics()
-        if self._stop_requested or self.config.val_frac <= 0:
+        if self._stopping or self.config.val_frac <= 0:
             self.save("last")
         result = TrainResult(
             run_dir=self.run_dir,
@@ -526,7 +611,7 @@ class Trainer:
             train_loss=self.train_loss_ema if self.train_loss_ema is not None else float("nan"),
             best_val_loss=self.best_val_loss,
             last_val_loss=self.last_val_loss,
-            stopped_early=self._stop_requested,
+            stopped_early=self._stopping,
         )
         self.reporter.finish(result)
         return result

@@ -1,0 +1,161 @@
+"""Data-parallel training: two gloo ranks on this CPU take the very steps one process takes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from charlstm import CharLSTM, Corpus, ModelConfig, Trainer, cli, load
+from charlstm.batches import StreamBatches
+from charlstm.checkpoint import load_training_state, read_evaluations, read_metrics
+from charlstm.distributed import DistributedContext
+from charlstm.errors import CharlstmError
+from charlstm.train import evaluation_totals
+
+from conftest import TINY_MODEL, tiny_train_config
+
+WORLD_SIZE = 2
+STEPS = 8
+# The same run through the CLI: two ranks under torchrun's variables, or one plain process.
+CLI_ARGS = ["--steps", str(STEPS), "--layers", "2", "--hidden", "48", "--emb", "16", "--dropout", "0",
+            "--batch-size", "8", "--seq-len", "32", "--lr", "0.01", "--precision", "fp32", "--device", "cpu"]
+
+
+def test_a_plain_process_is_not_distributed():
+    assert DistributedContext.from_env({}) is None
+    assert DistributedContext.from_env({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}) is None
+
+
+def test_torchrun_variables_place_the_rank():
+    context = DistributedContext.from_env({"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1"})
+    assert (context.rank, context.world_size, context.local_rank, context.is_main) == (5, 8, 1, False)
+
+
+def test_ranks_share_the_batch_in_equal_disjoint_rows():
+    shares = [DistributedContext(rank, 4, rank).rows(12) for rank in range(4)]
+    assert [list(range(12))[share] for share in shares] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused():
+    with pytest.raises(CharlstmError, match="--batch-size 10 does not split evenly over 4 processes.*8 or 12"):
+        DistributedContext(0, 4, 0).rows(10)
+
+
+def test_the_rows_of_each_rank_are_the_whole_batch_windows_cut_apart():
+    ids = np.arange(1000, dtype=np.int64)
+    whole = StreamBatches(ids, 8, 16)
+    shares = [whole.rows(DistributedContext(rank, 2, rank).rows(8)) for rank in range(2)]
+    assert all(len(share) == len(whole) for share in shares)
+    for index in (0, 1, len(whole) - 1):
+        x, y = whole.window(index)
+        assert torch.equal(torch.cat([share.window(index)[0] for share in shares]), x)
+        assert torch.equal(torch.cat([share.window(index)[1] for share in shares]), y)
+
+
+@pytest.mark.parametrize("parts", [2, 3, 5, 12])
+def test_shares_of_an_evaluation_add_up_to_the_whole(tiny_text, parts):
+    corpus = Corpus.from_text(tiny_text)
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL))
+    ids = corpus.ids[:3000]
+    whole = evaluation_totals(model, ids, 5, 32, torch.device("cpu"))
+    shares = [evaluation_totals(model, ids, 5, 32, torch.device("cpu"), part=(index, parts)) for index in range(parts)]
+    assert sum(count for _, count in shares) == whole[1]
+    assert sum(total for total, _ in shares) == pytest.approx(whole[0], rel=1e-6)
+
+
+class StopRequestedAt(Trainer):
+    """A trainer that receives a stop request at one step, as a signal to this one process would deliver it."""
+
+    stop_at: int | None = None
+
+    def _train_step(self) -> float:
+        loss = super()._train_step()
+        if self.step == self.stop_at:
+            self.request_stop()
+        return loss
+
+
+def _rank_main(rank: int, port: int, corpus_file: Path, out: Path) -> None:
+    """One rank: a run that rank 1 alone is asked to stop midway, then the whole run through the CLI."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    corpus = Corpus.from_file(corpus_file)
+    config = ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL)
+    stopped = StopRequestedAt(corpus, config, tiny_train_config(steps=STEPS), out / "stopped",
+                              distributed=DistributedContext.from_env())
+    stopped.stop_at = STEPS // 2 if rank == 1 else None
+    result = stopped.train()
+    assert result.stopped_early and result.steps == STEPS // 2, "every rank stops at the step one rank was asked to"
+    cli.main(["train", str(corpus_file), *CLI_ARGS, "--out", str(out), "--name", "cli"])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_file: Path) -> Path:
+    """Runs trained by two gloo processes on this CPU, as torchrun would start them."""
+    out = tmp_path_factory.mktemp("ddp")
+    context = mp.start_processes(_rank_main, args=(_free_port(), tiny_corpus_file, out), nprocs=WORLD_SIZE,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + 120  # a rank stuck in a collective must fail the test, not hang the suite
+    while not context.join(timeout=max(0.1, deadline - time.monotonic())):  # returns as each rank ends
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("two-rank training did not finish within 120s")
+    return out
+
+
+def _single_process_cli_run(tmp_path: Path, corpus_file: Path) -> Path:
+    cli.main(["train", str(corpus_file), *CLI_ARGS, "--out", str(tmp_path), "--name", "single"])
+    return tmp_path / "single"
+
+
+def _assert_same_weights(run_a: Path, run_b: Path) -> None:
+    weights_a = load(run_a, prefer="last").model.state_dict()
+    weights_b = load(run_b, prefer="last").model.state_dict()
+    for name, tensor in weights_a.items():
+        # fp32 sums of the two halves' gradients differ from the whole's in the last bits only
+        torch.testing.assert_close(tensor, weights_b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_two_ranks_take_the_steps_of_one_process_with_the_whole_batch(two_rank_runs, tiny_corpus_file, tmp_path):
+    single = _single_process_cli_run(tmp_path, tiny_corpus_file)
+    _assert_same_weights(two_rank_runs / "cli", single)
+    ranked, alone = read_evaluations(two_rank_runs / "cli"), read_evaluations(single)
+    assert [r["step"] for r in ranked] == [r["step"] for r in alone]
+    assert [r["val_loss"] for r in ranked] == pytest.approx([r["val_loss"] for r in alone], rel=1e-5)
+
+
+def test_only_rank_zero_writes_the_metrics(two_rank_runs):
+    steps = [record["step"] for record in read_metrics(two_rank_runs / "cli")]
+    assert steps and len(steps) == len(set(steps))
+
+
+def test_a_checkpoint_of_two_ranks_resumes_on_one_as_if_never_stopped(two_rank_runs, tiny_corpus_file, tmp_path):
+    stopped = two_rank_runs / "stopped"
+    saved = load_training_state(stopped / "last")
+    assert saved["step"] == STEPS // 2
+    assert [tuple(h.shape) for h in saved["hidden"]] == [(2, 8, 48)] * 2, "the whole batch's hidden state is saved"
+    corpus = Corpus.from_file(tiny_corpus_file)
+    config = ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL)
+    weights = load(stopped, prefer="last").model.state_dict()
+    Trainer(corpus, config, tiny_train_config(steps=STEPS), stopped, resume_state=saved, model_state=weights).train()
+    uninterrupted = tmp_path / "uninterrupted"
+    Trainer(corpus, config, tiny_train_config(steps=STEPS), uninterrupted).train()
+    _assert_same_weights(stopped, uninterrupted)
+    assert json.loads((stopped / "last" / "config.json").read_text())["metrics"]["step"] == STEPS

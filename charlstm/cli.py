@@ -495,6 +495,23 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
     sys.exit(status)
 
 
+@cli.command()
+@click.option("--size", type=click.Choice(list(PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text).")
+@click.option("--steps", type=click.IntRange(min=1), default=16, show_default=True, help="Timed training steps for each of the two training loops.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 on CPUs that run it fast, else fp32.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout instead of a table.")
+def bench(size: str | None, steps: int, precision: str, as_json: bool) -> None:
+    """Measure training and sampling speed on this machine, against plain PyTorch in the same run."""
+    from .bench import BenchConfig, default_size, run_bench
+
+    config = BenchConfig(size=size or default_size(), steps=steps, precision=precision)  # type: ignore[arg-type]
+    result = run_bench(config, on_phase=console.phase)
+    if as_json:
+        console.write_json(result.to_dict())
+    else:
+        console.print_bench(result)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr; --debug shows the traceback."""
     args = list(sys.argv[1:] if argv is None else argv)

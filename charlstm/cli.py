@@ -266,13 +266,15 @@ class _stop_on_signals:
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of a run to use.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
 def sample(checkpoint: Path | None, prime: str, length: int, temperature: float, top_k: int | None,
-           top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str) -> None:
+           top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str,
+           precision: str) -> None:
     """Generate text from a trained model and stream it to stdout."""
     from .train import resolve_device
 
     loaded = load(checkpoint, device=resolve_device(device), prefer=which)
-    generator = Generator(loaded.model, loaded.vocab)
+    generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]
     options = SamplingOptions(temperature, top_k, top_p)
     stream = generator.stream(prime, length, options, num_samples, seed, unknown)  # type: ignore[arg-type]
     shown_prime = prime if unknown == "error" else loaded.vocab.decode(loaded.vocab.encode(prime, unknown))  # type: ignore[arg-type]

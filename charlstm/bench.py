@@ -46,7 +46,7 @@ class BenchConfig:
     """What to measure: the model shape (a preset), how long, in which precision."""
 
     size: str
-    steps: int = 16
+    steps: int = 8
     precision: Precision = "auto"
     rounds: int = 2
     sample_chars: int = 240

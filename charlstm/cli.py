@@ -13,6 +13,7 @@ from typing import Any, Callable
 import click
 
 from . import __version__, analysis, console, gates, views
+from .bench import BenchConfig, default_size, run_bench
 from .cache import CorpusCache
 from .catalogue import fetch, find_entry, load_catalogue
 from .checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
@@ -499,13 +500,11 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
 
 @cli.command()
 @click.option("--size", type=click.Choice(list(PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text).")
-@click.option("--steps", type=click.IntRange(min=1), default=16, show_default=True, help="Timed training steps for each of the two training loops.")
+@click.option("--steps", type=click.IntRange(min=1), default=BenchConfig.steps, show_default=True, help="Timed training steps for each of the two training loops.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 on CPUs that run it fast, else fp32.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout instead of a table.")
 def bench(size: str | None, steps: int, precision: str, as_json: bool) -> None:
     """Measure training and sampling speed on this machine, against plain PyTorch in the same run."""
-    from .bench import BenchConfig, default_size, run_bench
-
     config = BenchConfig(size=size or default_size(), steps=steps, precision=precision)  # type: ignore[arg-type]
     result = run_bench(config, on_phase=console.phase)
     if as_json:

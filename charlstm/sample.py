@@ -98,12 +98,12 @@ class Generator:
 
     Priming runs the model's own forward over the whole prime (one fused
     sequence kernel); the characters after the first come from a fused
-    one-step LSTM (:class:`LSTMStepper`), several times faster than calling the
-    model once per character; GRU and vanilla-RNN models step through the
-    model's forward (:class:`ModelStepper`). ``precision`` "bf16" runs the matrix products with bf16
-    weights; "auto" does so on CPUs that have fast bf16 (as training does).
-    The fast step copies the weights when first used: make a new Generator
-    after changing the model.
+    one-step LSTM (:class:`LSTMStepper`), several times faster than calling
+    the model once per character; GRU and vanilla-RNN models step through the
+    model's forward (:class:`ModelStepper`). ``precision`` "bf16" runs the
+    matrix products with bf16 weights; "auto" does so on CPUs that have fast
+    bf16 (as training does). The fast step copies the weights when first
+    used: make a new Generator after changing the model.
     """
 
     def __init__(

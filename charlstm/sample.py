@@ -100,9 +100,11 @@ class Generator:
     sequence kernel); the characters after the first come from a fused
     one-step LSTM (:class:`LSTMStepper`), several times faster than calling
     the model once per character; GRU and vanilla-RNN models step through the
-    model's forward (:class:`ModelStepper`). ``precision`` "bf16" runs the
-    matrix products with bf16 weights; "auto" does so on CPUs that have fast
-    bf16 (as training does). The fast step copies the weights when first
+    model's forward (:class:`ModelStepper`). ``precision`` "fp32" (the
+    default) holds states and logits to the model's own forward within fp32
+    rounding, which exact continuations rely on; "bf16" runs the matrix
+    products with bf16 weights, about twice as fast again; "auto" picks bf16
+    on CPUs that have fast bf16 (``charlstm sample`` does this by default). The fast step copies the weights when first
     used: make a new Generator after changing the model.
     """
 
@@ -111,7 +113,7 @@ class Generator:
         model: CharLSTM,
         vocab: Vocab,
         device: torch.device | str | None = None,
-        precision: Precision = "auto",
+        precision: Precision = "fp32",
     ):
         self.model = model
         self.vocab = vocab

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import click
 
 from . import __version__, analysis, console, gates, views
+from .bench import BenchConfig, default_size, run_bench
 from .cache import CorpusCache
 from .catalogue import fetch, find_entry, load_catalogue
 from .checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
@@ -266,13 +267,15 @@ class _stop_on_signals:
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of a run to use.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
 def sample(checkpoint: Path | None, prime: str, length: int, temperature: float, top_k: int | None,
-           top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str) -> None:
+           top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str,
+           precision: str) -> None:
     """Generate text from a trained model and stream it to stdout."""
     from .train import resolve_device
 
     loaded = load(checkpoint, device=resolve_device(device), prefer=which)
-    generator = Generator(loaded.model, loaded.vocab)
+    generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]
     options = SamplingOptions(temperature, top_k, top_p)
     stream = generator.stream(prime, length, options, num_samples, seed, unknown)  # type: ignore[arg-type]
     shown_prime = prime if unknown == "error" else loaded.vocab.decode(loaded.vocab.encode(prime, unknown))  # type: ignore[arg-type]
@@ -493,6 +496,21 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
     status = repl.run(load(checkpoint, device=target, prefer=which), settings, console.ReplView(interactive),
                       lambda path: load(path, device=target, prefer=which), interactive=interactive)
     sys.exit(status)
+
+
+@cli.command()
+@click.option("--size", type=click.Choice(list(PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text).")
+@click.option("--steps", type=click.IntRange(min=1), default=BenchConfig.steps, show_default=True, help="Timed training steps for each of the two training loops.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 on CPUs that run it fast, else fp32.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout instead of a table.")
+def bench(size: str | None, steps: int, precision: str, as_json: bool) -> None:
+    """Measure training and sampling speed on this machine, against plain PyTorch in the same run."""
+    config = BenchConfig(size=size or default_size(), steps=steps, precision=precision)  # type: ignore[arg-type]
+    result = run_bench(config, on_phase=console.phase)
+    if as_json:
+        console.write_json(result.to_dict())
+    else:
+        console.print_bench(result)
 
 
 def main(argv: list[str] | None = None) -> None:

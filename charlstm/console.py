@@ -8,11 +8,12 @@ line every few seconds.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from rich.cells import cell_len
 from rich.console import Console
@@ -27,6 +28,7 @@ from rich.text import Text
 from .train import EvalStats, RunInfo, StepStats, TrainResult
 
 if TYPE_CHECKING:
+    from .bench import BenchResult
     from .longrange import DemoRow
     from .synth import SynthCorpus
     from .catalogue import CatalogueEntry
@@ -446,3 +448,62 @@ class ReplView:
         if self.interactive:
             self.out.file.write("\n")
             self.out.file.flush()
+
+
+def write_json(data: Any) -> None:
+    write_text(json.dumps(data, indent=2) + "\n")
+
+
+def phase(name: str) -> None:
+    """A long measurement starting: a dim line on stderr so a silent minute is explained."""
+    err.print(f"[dim]measuring {escape(name)}…[/]", soft_wrap=True)
+
+
+def _rate(chars_per_sec: float) -> str:
+    return f"{format_count(chars_per_sec)} chars/s"
+
+
+def _flops(flops_per_sec: float) -> str:
+    return f"{flops_per_sec / 1e9:.1f} GFLOP/s"
+
+
+def print_bench(result: "BenchResult") -> None:
+    """The bench table: each charlstm figure beside the plain-PyTorch one measured in the same run."""
+    m, train, memory = result.model, result.train, result.memory
+    title = (
+        f"charlstm bench — {result.size}: LSTM {m['num_layers']}x{m['hidden_size']}, embedding {m['emb_size']}, "
+        f"vocabulary {m['vocab_size']} ({format_count(result.parameters)} parameters), precision {result.precision}, "
+        f"{result.threads} thread{'s' if result.threads != 1 else ''}"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("measure")
+    table.add_column("charlstm", justify="right")
+    table.add_column("plain PyTorch", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_row(
+        f"training, batch {result.batch_size} x {result.seq_len}",
+        _rate(train.charlstm_chars_per_sec), _rate(train.bare_chars_per_sec), f"{train.ratio:.2f}x",
+    )
+    table.add_row(
+        f"  MFU ({format_count(train.flops_per_char)} FLOP/char)",
+        f"{train.charlstm_mfu:.1%}", f"{train.bare_mfu:.1%}", "",
+    )
+    table.add_row(
+        f"matmul peak ({result.peak.size}²)",
+        f"bf16 {_flops(result.peak.bf16_flops_per_sec)}", f"fp32 {_flops(result.peak.fp32_flops_per_sec)}", "",
+    )
+    for speed in result.sampling:
+        table.add_row(
+            f"sampling, batch {speed.batch}",
+            _rate(speed.charlstm_chars_per_sec), _rate(speed.naive_chars_per_sec), f"{speed.ratio:.2f}x",
+        )
+    table.add_row(f"first character after a {result.prime_chars}-char prime", f"{result.first_char_ms:.1f} ms", "", "")
+    table.add_row("  fast-step setup (once per batch size)", f"{result.stepper_setup_ms:.1f} ms", "", "")
+    table.add_row(
+        f"sampling step bound: {memory.weight_bytes / 1e6:.1f} MB of weights at "
+        f"{memory.bandwidth_bytes_per_sec / 1e9:.1f} GB/s",
+        f"{format_count(memory.measured_steps_per_sec)} steps/s",
+        f"bound {format_count(memory.bound_steps_per_sec)} steps/s",
+        f"{memory.fraction_of_bound:.0%} of bound",
+    )
+    err.print(table)

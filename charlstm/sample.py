@@ -15,6 +15,8 @@ import torch
 from .corpus import UnknownPolicy, Vocab
 from .errors import CharlstmError
 from .model import CharLSTM, State
+from .stepper import LSTMStepper, ModelStepper, Stepper, forward_last
+from .train import Precision, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,77 @@ def pick_next(logits: torch.Tensor, options: SamplingOptions, rng: torch.Generat
     return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
 
 
-class Generator:
-    """Primes a model on text and streams characters from it."""
+class InPlaceDraw:
+    """``pick_next`` for N streams, drawing into buffers allocated once.
 
-    def __init__(self, model: CharLSTM, vocab: Vocab, device: torch.device | str | None = None):
+    ``torch.multinomial`` draws one sample as the argmax of p / E with E ~ Exp(1)
+    per character (the exponential race). In logs that is the argmax of
+    logits / T - log E: no softmax, the same random numbers from ``rng``, so the
+    same characters as ``pick_next`` up to float rounding. Top-k and top-p cuts
+    go through ``pick_next`` itself. The id ``never`` (if any) is never drawn.
+    """
+
+    def __init__(
+        self, options: SamplingOptions, num_streams: int, vocab_size: int, rng: torch.Generator, never: int | None = None
+    ):
+        self.options = options
+        self.rng = rng
+        self.never = never
+        self.scores = torch.empty(num_streams, vocab_size)
+        self.noise = torch.empty(num_streams, vocab_size)
+        self.ids = torch.empty(num_streams, dtype=torch.long)
+        self.plain = options.top_k is None and (options.top_p is None or options.top_p >= 1.0)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """Ids (N,) drawn from CPU logits (N, V), which it may change; the result is a buffer the next draw overwrites."""
+        if self.never is not None:
+            logits[:, self.never] = float("-inf")
+        if self.options.temperature == 0.0:
+            return torch.argmax(logits, dim=-1, out=self.ids)
+        if not self.plain:
+            return pick_next(logits, self.options, self.rng)
+        torch.div(logits, self.options.temperature, out=self.scores)
+        self.scores.sub_(self.noise.exponential_(generator=self.rng).log_())
+        return torch.argmax(self.scores, dim=-1, out=self.ids)
+
+
+class Generator:
+    """Primes a model on text and streams characters from it.
+
+    Priming runs the model's own forward over the whole prime (one fused
+    sequence kernel); the characters after the first come from a fused
+    one-step LSTM (:class:`LSTMStepper`), several times faster than calling
+    the model once per character; GRU and vanilla-RNN models step through the
+    model's forward (:class:`ModelStepper`). ``precision`` "fp32" (the
+    default) holds states and logits to the model's own forward within fp32
+    rounding, which exact continuations rely on; "bf16" runs the matrix
+    products with bf16 weights, about twice as fast again; "auto" picks bf16
+    on CPUs that have fast bf16 (``charlstm sample`` does this by default). The fast step copies the weights when first
+    used: make a new Generator after changing the model.
+    """
+
+    def __init__(
+        self,
+        model: CharLSTM,
+        vocab: Vocab,
+        device: torch.device | str | None = None,
+        precision: Precision = "fp32",
+    ):
         self.model = model
         self.vocab = vocab
         self.device = torch.device(device) if device is not None else model.head.weight.device
+        self.precision = resolve_precision(precision, self.device)
         self.model.to(self.device).eval()
+        self._idle_steppers: dict[int, list[Stepper]] = {}
+        self._live_stepper: Stepper | None = None
+        self._last_state: State | None = None
+
+    @property
+    def last_state(self) -> State | None:
+        """The state after everything the latest stream has fed so far: continue from it with ``state=``."""
+        if self._live_stepper is not None:
+            return self._live_stepper.state()
+        return self._last_state
 
     @property
     def start_char(self) -> str:
@@ -82,10 +147,18 @@ class Generator:
 
     @torch.inference_mode()
     def feed(self, ids: torch.Tensor, state: State | None, num_streams: int = 1) -> tuple[torch.Tensor, State]:
-        """Run ``ids`` (1-D) through the model for every stream; logits of the last step and the state."""
-        batch = ids.to(self.device).unsqueeze(0).expand(num_streams, -1)
-        logits, state = self.model(batch, state)
-        return logits[:, -1, :], state
+        """Run ``ids`` (1-D) through the model for every stream; logits of the last step and the state.
+
+        From a fresh state every stream reads the same text, so it is read once
+        and the result copied to each stream.
+        """
+        shared = state is None
+        batch = ids.to(self.device).unsqueeze(0).expand(1 if shared else num_streams, -1)
+        logits, state = forward_last(self.model, batch, state, self.precision)
+        if shared and num_streams > 1:
+            logits = logits.expand(num_streams, -1).contiguous()
+            state = tuple(s.expand(-1, num_streams, -1).contiguous() for s in state)
+        return logits, state
 
     def prime(
         self, text: str, num_streams: int = 1, unknown: UnknownPolicy = "error", state: State | None = None
@@ -97,6 +170,18 @@ class Generator:
                 raise CharlstmError("nothing to feed: the prime text is empty after removing unknown characters")
             ids = self.encode_prime(self.start_char)
         return self.feed(ids, state, num_streams)
+
+    def _take_stepper(self, num_streams: int) -> Stepper:
+        """A stepper for ``num_streams`` streams, reused across streams but never shared by two at once."""
+        idle = self._idle_steppers.get(num_streams)
+        if idle:
+            return idle.pop()
+        if self.model.is_lstm:
+            return LSTMStepper(self.model, num_streams, self.precision)
+        return ModelStepper(self.model, num_streams, self.precision)
+
+    def _release_stepper(self, stepper: Stepper) -> None:
+        self._idle_steppers.setdefault(stepper.batch_size, []).append(stepper)
 
     @torch.inference_mode()
     def stream(
@@ -111,7 +196,8 @@ class Generator:
     ) -> Iterator[list[str]]:
         """Yield one character per sample at each step, ``length`` times.
 
-        The final state is left in ``self.last_state`` so a caller can continue.
+        ``self.last_state`` is the state after the characters fed so far, so a
+        caller can continue from where it stopped.
         """
         if length < 0:
             raise CharlstmError(f"length must be at least 0, not {length}")
@@ -122,24 +208,38 @@ class Generator:
             )
         rng = torch.Generator(device="cpu")
         rng.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
-        logits, state = self.prime(prime, num_samples, unknown, state)
-        self.last_state = state
         # The unknown symbol stands for characters too rare to learn: never write it.
         unknown_id = self.vocab.unknown_id if len(self.vocab) > 1 else None
-        for _ in range(length):
-            scores = logits.cpu()
-            if unknown_id is not None:
-                scores[:, unknown_id] = float("-inf")
-            ids = pick_next(scores, options, rng)
-            yield [self.vocab.chars[i] for i in ids.tolist()]
-            logits, state = self.feed_step(ids, state)
-            self.last_state = state
+        draw = InPlaceDraw(options, num_samples, len(self.vocab), rng, never=unknown_id)
+        logits, state = self.prime(prime, num_samples, unknown, state)
+        self._live_stepper, self._last_state = None, state
+        if length == 0:
+            return
+        ids = draw(logits.cpu())
+        yield [self.vocab.chars[i] for i in ids.tolist()]
+        # The first character is out; only now build (or reuse) the stepper for the rest.
+        stepper = self._take_stepper(num_samples)
+        stepper.load_state(state)
+        self._live_stepper = stepper
+        try:
+            for _ in range(length - 1):
+                ids = draw(stepper.step(ids.to(self.device)).cpu())
+                yield [self.vocab.chars[i] for i in ids.tolist()]
+            stepper.step(ids.to(self.device))
+        finally:
+            if self._live_stepper is stepper:
+                self._last_state, self._live_stepper = stepper.state(), None
+            self._release_stepper(stepper)
 
     @torch.inference_mode()
     def feed_step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One step for N streams: ids (N,) in, logits (N, V) and the new state out."""
-        logits, state = self.model(ids.to(self.device).unsqueeze(1), state)
-        return logits[:, -1, :], state
+        stepper = self._take_stepper(len(ids))
+        try:
+            stepper.load_state(state)
+            return stepper.step(ids.to(self.device)).clone(), stepper.state()
+        finally:
+            self._release_stepper(stepper)
 
     def generate(
         self,

@@ -498,7 +498,7 @@ class Trainer:
         append_metrics(self.run_dir, {**record, **extra})
 
     def _evaluate_and_save(self) -> None:
-        from .sample import Generator  # the sampler depends on the model, not on training
+        from .sample import Generator  # here, not at the top: the sampler imports this module
 
         val_loss = self._validation_loss()
         self.evals_done += 1

@@ -24,6 +24,8 @@ def test_train_then_sample_finds_the_newest_run(tmp_path, tiny_corpus_file, monk
     primed = runner.invoke(cli, ["sample", "--prime", "The", "--length", "30", "-n", "3", "--top-k", "5", "--top-p", "0.9"])
     assert primed.exit_code == 0, primed.output
     assert primed.stdout.count("--- sample") == 3
+    exact = runner.invoke(cli, ["sample", "--temp", "0", "--length", "40", "--precision", "fp32"])
+    assert exact.exit_code == 0 and exact.stdout == runner.invoke(cli, ["sample", "--temp", "0", "--length", "40", "--precision", "fp32"]).stdout
 
 
 def test_version_and_module_entry_point():

@@ -1,0 +1,355 @@
+"""How fast this machine trains and samples, measured against plain PyTorch in the same process.
+
+Every figure is a measurement of this run: charlstm's own training loop
+against a bare ``nn.LSTM`` loop of the same shape and precision, the
+machine's matrix-product peak (for MFU), the fused sampler against a
+straightforward per-character loop, the time to a first character, and the
+memory-bandwidth floor on one sampling step. The pairs are interleaved in
+rounds, so a neighbour's load on a shared machine falls on both sides; the
+ratios are what carries over between machines, the raw rates are not.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .corpus import Corpus, Vocab
+from .model import CharLSTM, ModelConfig
+from .presets import DEFAULT_TIME_BUDGET, PRESETS, auto_size
+from .sample import Generator, SamplingOptions
+from .stepper import LSTMStepper
+from .train import EvalStats, Precision, RunInfo, StepStats, TrainConfig, Trainer, TrainResult, autocast, resolve_precision
+
+BENCH_VOCAB_SIZE = 65
+"""Tiny Shakespeare's alphabet size: the head's width in the benchmark model."""
+
+REFERENCE_CORPUS_CHARS = 1_000_000
+"""A corpus the size of tiny Shakespeare: the default size is what a default run would train on it."""
+
+
+def default_size() -> str:
+    """The preset a default (ten-minute) run picks for a tiny-Shakespeare-sized corpus."""
+    return auto_size(DEFAULT_TIME_BUDGET, REFERENCE_CORPUS_CHARS)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure: the model shape (a preset), how long, in which precision."""
+
+    size: str
+    steps: int = 8
+    precision: Precision = "auto"
+    rounds: int = 2
+    sample_chars: int = 240
+    sample_batch: int = 32
+    prime_chars: int = 200
+    first_char_tries: int = 5
+    matmul_size: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.size not in PRESETS:
+            raise ValueError(f"size must be one of {', '.join(PRESETS)}, not {self.size!r}")
+        if self.steps < 1 or self.rounds < 1:
+            raise ValueError("steps and rounds must be at least 1")
+
+
+@dataclass
+class TrainingSpeed:
+    charlstm_chars_per_sec: float
+    bare_chars_per_sec: float
+    ratio: float
+    flops_per_char: float
+    charlstm_mfu: float
+    bare_mfu: float
+
+
+@dataclass
+class MatmulPeak:
+    size: int
+    fp32_flops_per_sec: float
+    bf16_flops_per_sec: float
+
+
+@dataclass
+class SamplingSpeed:
+    batch: int
+    naive_chars_per_sec: float
+    charlstm_chars_per_sec: float
+    ratio: float
+
+
+@dataclass
+class MemoryBound:
+    weight_bytes: int
+    bandwidth_bytes_per_sec: float
+    bound_steps_per_sec: float
+    measured_steps_per_sec: float
+    fraction_of_bound: float
+
+
+@dataclass
+class BenchResult:
+    size: str
+    model: dict[str, Any]
+    parameters: int
+    batch_size: int
+    seq_len: int
+    precision: str
+    threads: int
+    train: TrainingSpeed
+    peak: MatmulPeak
+    sampling: list[SamplingSpeed]
+    prime_chars: int
+    first_char_ms: float
+    stepper_setup_ms: float
+    memory: MemoryBound
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def training_flops_per_char(config: ModelConfig) -> float:
+    """Forward + backward matrix-product FLOPs per character (backward costs about twice the forward).
+
+    Per layer an LSTM step multiplies [x | h] (in + H) by its 4H gate rows;
+    the head multiplies H by V. Element-wise work and the embedding are left out.
+    """
+    gates = 4 if config.cell == "lstm" else 3 if config.cell == "gru" else 1
+    forward = 0.0
+    for layer in range(config.num_layers):
+        inputs = config.emb_size if layer == 0 else config.hidden_size
+        forward += 2 * gates * config.hidden_size * (inputs + config.hidden_size)
+    forward += 2 * config.hidden_size * config.vocab_size
+    return 3 * forward
+
+
+def _best_seconds(run: Callable[[], object], repeats: int) -> float:
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_matmul_peak(size: int = 2048, repeats: int = 4) -> MatmulPeak:
+    """The best FLOP rate of square products in fp32 and bf16: the denominator of MFU."""
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        out = torch.empty(size, size, dtype=dtype)
+        rates[dtype] = 2 * size**3 / _best_seconds(lambda: torch.mm(a, b, out=out), repeats)
+    return MatmulPeak(size, rates[torch.float32], rates[torch.bfloat16])
+
+
+def measure_read_bandwidth(num_bytes: int, repeats: int = 20) -> float:
+    """Bytes per second read by summing a buffer of ``num_bytes``: what streaming the weights can reach."""
+    buffer = torch.ones(max(1, num_bytes // 4))
+    return buffer.numel() * 4 / _best_seconds(buffer.sum, repeats)
+
+
+def bench_vocab(vocab_size: int = BENCH_VOCAB_SIZE) -> Vocab:
+    return Vocab([chr(code) for code in range(33, 33 + vocab_size)])
+
+
+def bench_text(num_chars: int, vocab: Vocab, seed: int = 0) -> str:
+    """Random text over ``vocab``: throughput does not depend on what the text says."""
+    return "".join(np.random.default_rng(seed).choice(np.array(vocab.chars), num_chars))
+
+
+class _StepClock:
+    """A trainer reporter that notes when each step ends, so the timing covers the whole loop."""
+
+    def __init__(self) -> None:
+        self.step_ends: list[float] = []
+
+    def start(self, info: RunInfo) -> None:
+        pass
+
+    def step(self, stats: StepStats) -> None:
+        self.step_ends.append(time.perf_counter())
+
+    def evaluated(self, stats: EvalStats) -> None:
+        pass
+
+    def finish(self, result: TrainResult) -> None:
+        pass
+
+
+def _time_charlstm_training(corpus: Corpus, model_config: ModelConfig, train_config: TrainConfig) -> float:
+    """Seconds for charlstm's Trainer.train() loop from the end of its first step to the end of its last."""
+    clock = _StepClock()
+    with tempfile.TemporaryDirectory() as run_dir:
+        Trainer(corpus, model_config, train_config, Path(run_dir), clock).train()
+    return clock.step_ends[-1] - clock.step_ends[0]
+
+
+def _time_bare_training(corpus: Corpus, model_config: ModelConfig, train_config: TrainConfig, precision: str) -> float:
+    """Seconds for the same steps in plain PyTorch: embedding, nn.LSTM, linear, cross-entropy, AdamW."""
+    torch.manual_seed(train_config.seed)
+    device = torch.device("cpu")
+    batch, seq_len = train_config.batch_size, train_config.seq_len
+    embedding = torch.nn.Embedding(model_config.vocab_size, model_config.emb_size)
+    lstm = torch.nn.LSTM(model_config.emb_size, model_config.hidden_size, model_config.num_layers,
+                         batch_first=True, dropout=model_config.dropout if model_config.num_layers > 1 else 0.0)
+    head = torch.nn.Linear(model_config.hidden_size, model_config.vocab_size)
+    params = [*embedding.parameters(), *lstm.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=train_config.lr)
+    ids = torch.from_numpy(corpus.ids[: batch * (seq_len + 1)].astype(np.int64)).view(batch, seq_len + 1)
+    x, y = ids[:, :-1], ids[:, 1:]
+    state = tuple(torch.zeros(model_config.num_layers, batch, model_config.hidden_size) for _ in range(2))
+    step_ends = []
+    for _ in range(train_config.steps or 1):
+        with autocast(device, precision):
+            output, state = lstm(embedding(x), state)
+            logits = head(F.dropout(output, model_config.dropout))
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state = tuple(s.detach() for s in state)
+        step_ends.append(time.perf_counter())
+    return step_ends[-1] - step_ends[0]
+
+
+def measure_training(config: BenchConfig, model_config: ModelConfig, precision: str, peak: MatmulPeak) -> TrainingSpeed:
+    """Both loops in alternating rounds; each round's first step (warm-up) is not timed."""
+    preset = PRESETS[config.size]
+    batch, seq_len = preset.batch_size, preset.seq_len
+    vocab = bench_vocab(model_config.vocab_size)
+    corpus = Corpus.from_text(bench_text(4 * batch * seq_len + 1, vocab), source="bench", vocab=vocab)
+    timed = {"charlstm": 0.0, "bare": 0.0}
+    steps_done = 0
+    for round_index in range(config.rounds):
+        steps = config.steps // config.rounds + (1 if round_index < config.steps % config.rounds else 0)
+        if steps == 0:
+            continue
+        train_config = TrainConfig(batch_size=batch, seq_len=seq_len, steps=steps + 1, lr=preset.lr, val_frac=0.0,
+                                   device="cpu", precision=precision, preview_chars=0)  # type: ignore[arg-type]
+        timed["bare"] += _time_bare_training(corpus, model_config, train_config, precision)
+        timed["charlstm"] += _time_charlstm_training(corpus, model_config, train_config)
+        steps_done += steps
+    chars = steps_done * batch * seq_len
+    flops = training_flops_per_char(model_config)
+    peak_rate = peak.bf16_flops_per_sec if precision == "bf16" else peak.fp32_flops_per_sec
+    charlstm_rate, bare_rate = chars / timed["charlstm"], chars / timed["bare"]
+    return TrainingSpeed(charlstm_rate, bare_rate, charlstm_rate / bare_rate, flops,
+                         charlstm_rate * flops / peak_rate, bare_rate * flops / peak_rate)
+
+
+def naive_sampling_loop(model: CharLSTM, batch: int, seed: int = 0) -> Callable[[int], None]:
+    """The straightforward way: embedding, one ``nn.LSTM`` step, linear, softmax, ``torch.multinomial``."""
+    rng = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def run(length: int) -> None:
+        ids = torch.zeros(batch, 1, dtype=torch.long)
+        state = model.init_state(batch)
+        for _ in range(length):
+            output, state = model.rnn(model.embedding(ids), state)
+            probs = torch.softmax(model.head(output[:, -1]), dim=-1)
+            ids = torch.multinomial(probs, 1, generator=rng)
+
+    return run
+
+
+def charlstm_sampling_loop(generator: Generator, batch: int) -> Callable[[int], None]:
+    """``Generator.stream`` at temperature 1, timed from the first character on (priming is measured apart)."""
+
+    def run(length: int) -> None:
+        stream = generator.stream("", length + 1, SamplingOptions(), num_samples=batch, seed=0)
+        next(stream)
+        for _ in stream:
+            pass
+
+    return run
+
+
+def _rates(loops: dict[str, Callable[[int], None]], length: int, rounds: int) -> dict[str, float]:
+    """Steps per second of each loop, run in alternating rounds after one short warm-up each."""
+    for run in loops.values():
+        run(max(2, length // 10))
+    seconds = dict.fromkeys(loops, 0.0)
+    for _ in range(rounds):
+        for name, run in loops.items():
+            start = time.perf_counter()
+            run(length)
+            seconds[name] += time.perf_counter() - start
+    return {name: rounds * length / spent for name, spent in seconds.items()}
+
+
+def measure_sampling(model: CharLSTM, generator: Generator, batch: int, length: int, rounds: int) -> SamplingSpeed:
+    rates = _rates({"naive": naive_sampling_loop(model, batch), "charlstm": charlstm_sampling_loop(generator, batch)},
+                   length, rounds)
+    return SamplingSpeed(batch, rates["naive"] * batch, rates["charlstm"] * batch, rates["charlstm"] / rates["naive"])
+
+
+def measure_first_char(generator: Generator, prime: str, tries: int) -> float:
+    """Median seconds from asking for a sample to holding its first character, after reading ``prime``."""
+    times = []
+    for attempt in range(tries):
+        start = time.perf_counter()
+        next(generator.stream(prime, 1, SamplingOptions(), seed=attempt))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phase: None) -> BenchResult:
+    """Everything ``charlstm bench`` shows, measured now on this machine's CPU."""
+    preset = PRESETS[config.size]
+    model_config = ModelConfig(vocab_size=BENCH_VOCAB_SIZE, emb_size=preset.emb_size, hidden_size=preset.hidden_size,
+                               num_layers=preset.num_layers, dropout=preset.dropout)
+    precision = resolve_precision(config.precision, torch.device("cpu"))
+    on_phase("matrix-product peak")
+    peak = measure_matmul_peak(config.matmul_size)
+    on_phase("training: charlstm against a bare nn.LSTM loop")
+    train = measure_training(config, model_config, precision, peak)
+
+    torch.manual_seed(0)
+    model = CharLSTM(model_config)
+    vocab = bench_vocab(model_config.vocab_size)
+    generator = Generator(model, vocab, device="cpu", precision=precision)  # type: ignore[arg-type]
+    sampling = []
+    for batch in (1, config.sample_batch):
+        on_phase(f"sampling at batch {batch}: Generator against a per-character nn.LSTM loop")
+        length = config.sample_chars if batch == 1 else max(2, config.sample_chars // 4)
+        sampling.append(measure_sampling(model, generator, batch, length, config.rounds))
+    on_phase(f"first character after a {config.prime_chars}-character prime")
+    first_char = measure_first_char(generator, bench_text(config.prime_chars, vocab), config.first_char_tries)
+    setup_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        stepper = LSTMStepper(model, 1, precision)
+        setup_times.append(time.perf_counter() - start)
+    on_phase("memory bandwidth")
+    bandwidth = measure_read_bandwidth(stepper.streamed_bytes)
+    bound = bandwidth / stepper.streamed_bytes
+    measured_steps = sampling[0].charlstm_chars_per_sec
+    memory = MemoryBound(stepper.streamed_bytes, bandwidth, bound, measured_steps, measured_steps / bound)
+    return BenchResult(
+        size=config.size,
+        model=model_config.to_dict(),
+        parameters=model.num_parameters(),
+        batch_size=preset.batch_size,
+        seq_len=preset.seq_len,
+        precision=precision,
+        threads=torch.get_num_threads(),
+        train=train,
+        peak=peak,
+        sampling=sampling,
+        prime_chars=config.prime_chars,
+        first_char_ms=first_char * 1e3,
+        stepper_setup_ms=statistics.median(setup_times) * 1e3,
+        memory=memory,
+    )

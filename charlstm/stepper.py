@@ -1,0 +1,198 @@
+"""One character at a time through an LSTM, without ``nn.LSTM``'s cost per call.
+
+Sampling runs the model one step per character. ``nn.LSTM`` is built for long
+sequences: called with one step it re-checks and re-lays-out its weights and
+runs a general kernel, which on a CPU costs several times the arithmetic. Here
+each layer is one fused step instead:
+
+- the input and recurrent weights are concatenated once, ``[W_ih | W_hh]``, so a
+  layer is one matrix product of ``[x | h]`` with them, written into a buffer
+  that is allocated once;
+- layer 0's input product depends only on the character, so it is a table
+  (vocabulary x 4H) computed once and read by index;
+- the gates are reordered to (i, f, o, g) so one in-place ``sigmoid_`` and one
+  ``tanh_`` cover them, and the cell update works in place;
+- in bf16 the weights are converted (and, where oneDNN is there, pre-packed)
+  once, halving the bytes each step streams; the cell state, the gate
+  arithmetic and the output layer stay in fp32.
+
+What comes out is the model's own distribution: the logits match
+``model(ids, state)`` to fp32 rounding (fp32) or to bf16 rounding of the matrix
+products (bf16), which is also what bf16 autocast computes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .model import CharLSTM, State
+from .train import autocast
+
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _gate_order(hidden_size: int) -> torch.Tensor:
+    """PyTorch's (i, f, g, o) rows as (i, f, o, g): the three sigmoid gates side by side."""
+    i_f = torch.arange(0, 2 * hidden_size)
+    g = torch.arange(2 * hidden_size, 3 * hidden_size)
+    o = torch.arange(3 * hidden_size, 4 * hidden_size)
+    return torch.cat([i_f, o, g])
+
+
+def _can_prepack(device: torch.device) -> bool:
+    return (
+        device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def bf16_linear(weight: torch.Tensor, batch_size: int) -> MatVec:
+    """``x @ weight.T`` with bf16 weights, pre-packed for oneDNN where it is available.
+
+    The packed layout matters at small batch sizes: a plain bf16 ``addmm``
+    re-packs the weights on every call and ends up slower than fp32.
+    """
+    weight = weight.to(torch.bfloat16).contiguous()
+    if _can_prepack(weight.device):
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_size)
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return lambda x: F.linear(x, weight)
+
+
+class Stepper(Protocol):
+    """Steps ``batch_size`` streams one character at a time from a state it holds."""
+
+    batch_size: int
+
+    def load_state(self, state: State) -> None: ...
+    def state(self) -> State: ...
+    def step(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+
+def forward_last(model: CharLSTM, ids: torch.Tensor, state: State | None, precision: str) -> tuple[torch.Tensor, State]:
+    """The model's fp32 logits after the last of ``ids`` (B, T), and its state after them, in fp32."""
+    with autocast(ids.device, precision):
+        logits, state = model(ids, state)
+    return logits[:, -1, :].float(), tuple(s.float() for s in state)
+
+
+class ModelStepper:
+    """The stepper interface over the model's own forward: for GRU and vanilla-RNN cells."""
+
+    def __init__(self, model: CharLSTM, batch_size: int, precision: str = "fp32"):
+        self.model = model
+        self.batch_size = batch_size
+        self.precision = precision
+        self._state = model.init_state(batch_size)
+
+    def load_state(self, state: State) -> None:
+        self._state = state
+
+    def state(self) -> State:
+        return self._state
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        logits, self._state = forward_last(self.model, ids.unsqueeze(1), self._state, self.precision)
+        return logits
+
+
+class LSTMStepper:
+    """Steps ``batch_size`` streams of a CharLSTM (LSTM cell) one character at a time.
+
+    The stepper copies the model's weights when it is made: later changes to
+    the model are not seen (make a new one). ``step`` returns a logits buffer
+    that the next step overwrites.
+    """
+
+    def __init__(self, model: CharLSTM, batch_size: int, precision: str = "fp32"):
+        if not model.is_lstm:
+            raise ValueError(f"the fused step is for LSTM cells, not {model.config.cell}")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        config = model.config
+        hidden, layers = config.hidden_size, config.num_layers
+        device = model.head.weight.device
+        self.batch_size = batch_size
+        self.precision = precision
+        compute = torch.bfloat16 if precision == "bf16" else torch.float32
+        order = _gate_order(hidden).to(device)
+        rnn = model.rnn
+        with torch.no_grad():
+            bias0 = (rnn.bias_ih_l0 + rnn.bias_hh_l0)[order]
+            self.input_table = F.linear(model.embedding.weight.float(), rnn.weight_ih_l0[order].float(), bias0.float())
+            self.gates = torch.zeros(batch_size, 4 * hidden, device=device)
+            self.layer_products: list[Callable[[torch.Tensor], object]] = []
+            for layer in range(layers):
+                w_hh = getattr(rnn, f"weight_hh_l{layer}")[order].float()
+                if layer == 0:
+                    self.layer_products.append(self._into_gates(w_hh, None, compute))
+                    continue
+                w_ih = getattr(rnn, f"weight_ih_l{layer}")[order].float()
+                bias = (getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))[order].float()
+                self.layer_products.append(self._into_gates(torch.cat([w_ih, w_hh], dim=1), bias, compute))
+            # The weight bytes one step reads: where memory bandwidth is the limit, the floor on its time.
+            element = torch.finfo(compute).bits // 8
+            recurrent = sum(4 * hidden * (hidden if layer == 0 else 2 * hidden) for layer in range(layers))
+            self.streamed_bytes = recurrent * element + model.head.weight.numel() * 4
+            self.head_weight_t = model.head.weight.detach().float().t().clone()
+            self.head_bias = model.head.bias.detach().float().clone()
+
+        def buffer(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        # Layer l reads [h of layer l-1 at this step | its own h from the last step]; layer 0 only its own h.
+        self.inputs = [buffer(batch_size, hidden if layer == 0 else 2 * hidden, dtype=compute) for layer in range(layers)]
+        self.h = buffer(layers, batch_size, hidden)
+        self.c = buffer(layers, batch_size, hidden)
+        self.tanh_c = buffer(batch_size, hidden)
+        self.logits = buffer(batch_size, config.vocab_size)
+        self.sigmoid_gates = self.gates[:, : 3 * hidden]
+        self.i, self.f, self.o, self.g = self.gates.split(hidden, dim=1)
+        own_h = [x[:, -hidden:] for x in self.inputs]
+        next_input: list[torch.Tensor | None] = [x[:, :hidden] for x in self.inputs[1:]] + [None]
+        self.layers = list(zip(self.layer_products, self.inputs, self.c, self.h, own_h, next_input))
+
+    def _into_gates(self, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype) -> Callable[[torch.Tensor], object]:
+        """``x @ weight.T + bias`` into the gate buffer; with no bias, added to what is there (layer 0's table rows)."""
+        gates = self.gates
+        if compute == torch.bfloat16:
+            product = bf16_linear(weight, self.batch_size)
+            if bias is None:
+                return lambda x: gates.add_(product(x))
+            return lambda x: torch.add(bias, product(x), out=gates)
+        weight_t = weight.t()
+        if bias is None:
+            return lambda x: gates.addmm_(x, weight_t)
+        return lambda x: torch.addmm(bias, x, weight_t, out=gates)
+
+    def load_state(self, state: State) -> None:
+        """Start from ``state`` ((h, c), each layers x batch x hidden)."""
+        h, c = state
+        self.h.copy_(h)
+        self.c.copy_(c)
+        for *_, h, own_h, _ in self.layers:
+            own_h.copy_(h)
+
+    def state(self) -> State:
+        """A copy of the current (h, c), in the layout ``CharLSTM.forward`` takes."""
+        return (self.h.clone(), self.c.clone())
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed one character per stream (ids, shape (batch,)); the logits (batch, vocab) of the next."""
+        torch.index_select(self.input_table, 0, ids, out=self.gates)
+        for into_gates, x, c, h, own_h, next_input in self.layers:
+            into_gates(x)
+            self.sigmoid_gates.sigmoid_()
+            self.g.tanh_()
+            c.mul_(self.f).addcmul_(self.i, self.g)
+            torch.tanh(c, out=self.tanh_c)
+            torch.mul(self.o, self.tanh_c, out=h)
+            own_h.copy_(h)
+            if next_input is not None:
+                next_input.copy_(h)
+        return torch.addmm(self.head_bias, h, self.head_weight_t, out=self.logits)

@@ -21,7 +21,7 @@ import re
 import shutil
 from contextlib import contextmanager
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -288,12 +288,25 @@ def read_config(checkpoint_dir: Path) -> dict[str, Any]:
     return config
 
 
+def _check_types(settings: Any) -> None:
+    """Name a setting of the wrong JSON type, rather than let a comparison fail somewhere inside."""
+    if not isinstance(settings, dict):
+        raise TypeError(f"model settings must be an object, not {type(settings).__name__}")
+    for spec in fields(ModelConfig):
+        value = settings.get(spec.name)
+        expected = type(spec.default) if spec.default is not MISSING else int
+        allowed = (int, float) if expected is float else (expected,)
+        if spec.name in settings and (not isinstance(value, allowed) or isinstance(value, bool)):
+            raise TypeError(f"{spec.name} is {value!r} (expected {expected.__name__})")
+
+
 def load(path: str | Path | None = None, device: str | torch.device = "cpu", prefer: str = "best") -> LoadedModel:
     """Load a model for inference from a run or checkpoint directory (newest run if None)."""
     checkpoint_dir = resolve_checkpoint(path, prefer)
     config = read_config(checkpoint_dir)
     try:
         vocab = Vocab(config["vocab"])
+        _check_types(config["model"])
         model_config = ModelConfig.from_dict(config["model"])
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{checkpoint_dir / CONFIG_FILE} has invalid settings: {error}") from None

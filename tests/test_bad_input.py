@@ -142,7 +142,7 @@ CASES: dict[str, tuple[Setup, str]] = {
         damaged_checkpoint(edit_config(lambda cfg: cfg.pop("vocab"))), "config.json lacks the 'vocab' field; the checkpoint is damaged"
     ),
     "config.json with nonsense values": (
-        damaged_checkpoint(edit_config(lambda cfg: cfg["model"].update(hidden_size="big"))), "config.json has invalid settings"
+        damaged_checkpoint(edit_config(lambda cfg: cfg["model"].update(hidden_size="big"))), "config.json has invalid settings: hidden_size is 'big' (expected int)"
     ),
     "weights of another shape": (
         damaged_checkpoint(edit_config(lambda cfg: cfg["model"].update(hidden_size=49))),

@@ -72,13 +72,13 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_corpus_file, monkeypatc
     assert interrupted.code == 130, interrupted.stderr
     assert f"resume it with: charlstm train --resume {tmp_path / 'split'}" in interrupted.stderr
     saved = load_training_state(tmp_path / "split" / "last")
-    assert saved["step"] == 17 and 0 < saved["window"]
+    assert saved["step"] in (17, 18) and 0 < saved["window"]  # the stop is taken in at a step boundary
 
     monkeypatch.undo()
     torch.manual_seed(999)  # whatever this process did before, the run's own RNG state must win
     resumed = main_outcome("train", "--resume", str(tmp_path / "split"))
     assert resumed.code == 0, resumed.stderr
-    assert "resumed" in resumed.stderr and "from step 17" in resumed.stderr
+    assert "resumed" in resumed.stderr and f"from step {saved['step']}" in resumed.stderr
 
     for tag in ("last", "best"):
         whole = load_file(str(tmp_path / "whole" / tag / "model.safetensors"))

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,7 +73,8 @@ def write_checkpoint(
     final = run_dir / tag
     staging = run_dir / f".{tag}.tmp-{os.getpid()}"
     previous = run_dir / f"{tag}.old"
-    shutil.rmtree(staging, ignore_errors=True)
+    for stale in run_dir.glob(f".{tag}.tmp-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     staging.mkdir()
     try:
         weights = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -109,6 +112,39 @@ def replacing(path: Path) -> Iterator[Path]:
         raise CharlstmError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         staging.unlink(missing_ok=True)
+
+
+def prepare_run_dir(run_dir: Path, new_run: bool) -> None:
+    """Make the run directory and prove it writable before any training time is spent.
+
+    A new run never writes into a directory that already holds a trained run:
+    that run's checkpoints would be replaced.
+    """
+    if new_run and any(_existing_tag_dir(run_dir, tag) is not None for tag in TAGS):
+        raise CheckpointError(
+            f"{run_dir} already holds a trained run; continue it with --resume {run_dir}, or choose another --name"
+        )
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"charlstm")
+        probe.unlink()
+    except OSError as error:
+        raise CheckpointError(f"cannot write to {run_dir} ({error.strerror or error}); choose a writable --out") from None
+
+
+def saved_steps(run_dir: Path) -> dict[str, int]:
+    """The step each checkpoint of a run holds, for messages that say what is safe on disk."""
+    steps = {}
+    for tag in TAGS:
+        found = _existing_tag_dir(run_dir, tag)
+        if found is None:
+            continue
+        try:
+            steps[tag] = int(read_config(found)["metrics"]["step"])
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            continue
+    return steps
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -164,6 +200,32 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = "best", root: Path
         if found is not None:
             return found
     raise CheckpointError(f"{path} holds no checkpoint (no best/ or last/ with {WEIGHTS_FILE}); train a model first")
+
+
+def resolve_resumable(path: str | Path | None, root: Path = DEFAULT_ROOT) -> Path:
+    """The ``last`` checkpoint of the run a user wants to resume (the newest run under ``root`` if None).
+
+    Only ``last`` holds the training state, so a path to ``best`` is refused with
+    a pointer to its run.
+    """
+    if path is None:
+        try:
+            path = latest_run(root)
+        except CheckpointError:
+            raise CheckpointError(f"no run to resume under {root}/; give its directory: --resume {root}/<run>") from None
+    run_dir = Path(path)
+    if not run_dir.exists():
+        raise CheckpointError(f"no run to resume at {run_dir}; give a run directory such as {DEFAULT_ROOT}/<run>")
+    if (run_dir / WEIGHTS_FILE).exists() or (run_dir / CONFIG_FILE).exists():
+        if run_dir.name.split(".")[0] != "last":
+            raise CheckpointError(
+                f"{run_dir} holds no training state (only last/ does); resume the run: --resume {run_dir.parent}"
+            )
+        return run_dir
+    found = _existing_tag_dir(run_dir, "last") if run_dir.is_dir() else None
+    if found is None:
+        raise CheckpointError(f"{run_dir} holds no last/ checkpoint to resume from; give a run directory such as checkpoints/<run>")
+    return found
 
 
 def latest_run(root: Path = DEFAULT_ROOT) -> Path:
@@ -226,12 +288,25 @@ def read_config(checkpoint_dir: Path) -> dict[str, Any]:
     return config
 
 
+def _check_types(settings: Any) -> None:
+    """Name a setting of the wrong JSON type, rather than let a comparison fail somewhere inside."""
+    if not isinstance(settings, dict):
+        raise TypeError(f"model settings must be an object, not {type(settings).__name__}")
+    for spec in fields(ModelConfig):
+        value = settings.get(spec.name)
+        expected = type(spec.default) if spec.default is not MISSING else int
+        allowed = (int, float) if expected is float else (expected,)
+        if spec.name in settings and (not isinstance(value, allowed) or isinstance(value, bool)):
+            raise TypeError(f"{spec.name} is {value!r} (expected {expected.__name__})")
+
+
 def load(path: str | Path | None = None, device: str | torch.device = "cpu", prefer: str = "best") -> LoadedModel:
     """Load a model for inference from a run or checkpoint directory (newest run if None)."""
     checkpoint_dir = resolve_checkpoint(path, prefer)
     config = read_config(checkpoint_dir)
     try:
         vocab = Vocab(config["vocab"])
+        _check_types(config["model"])
         model_config = ModelConfig.from_dict(config["model"])
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{checkpoint_dir / CONFIG_FILE} has invalid settings: {error}") from None
@@ -270,10 +345,18 @@ def load_training_state(checkpoint_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{checkpoint_dir} has no {STATE_FILE}; resume from the run's last/ checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol warnings would add lines to a one-line error
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for damaged or hostile files
+        refusal = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+        if refusal:  # the safe unpickler met something other than tensors and plain values
+            raise CheckpointError(
+                f"{path} was refused: it is not a plain training state ({refusal.group(1).strip()[:120]}); "
+                "nothing in it was run; the file is damaged or not charlstm's"
+            ) from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} cannot be loaded safely ({first_line[:160]}); the file is damaged or not ours") from None
+        raise CheckpointError(f"{path} cannot be read ({first_line[:160]}); the file is damaged") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a training state")
     return state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -11,18 +12,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from click.core import ParameterSource
 
 from . import __version__, analysis, console, gates, views
 from .bench import BenchConfig, default_size, run_bench
 from .cache import CorpusCache
 from .catalogue import fetch, find_entry, load_catalogue
 from .checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
-from .corpus import DEFAULT_CORPUS_DESCRIPTION, TextOptions
+from .corpus import DEFAULT_CORPUS_DESCRIPTION, TextOptions, check_vocabulary
 from .distributed import launched
 from .errors import CharlstmError
 from .longrange import DemoConfig, run_long_range_demo, score_positions
 from .model import ModelConfig
 from .presets import DEFAULT_TIME_BUDGET, PRESETS, auto_size
+from .resume import plan_resume
 from .sample import Generator, SamplingOptions
 from .synth import SYNTH_KINDS, load_positions, make_synth
 from .sources import load_corpus
@@ -46,8 +49,8 @@ class Duration(click.ParamType):
             if not match:
                 self.fail(f"{value!r} is not a duration; write e.g. 90s, 10m or 1.5h", param, ctx)
             seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
-        if seconds <= 0:
-            self.fail("the duration must be positive", param, ctx)
+        if not 0 < seconds < math.inf:
+            self.fail("the duration must be positive and finite", param, ctx)
         return seconds
 
 
@@ -72,6 +75,20 @@ class Size(click.ParamType):
         return size
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which slip past its bounds (they compare false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+# torch seeds its generators from a 64-bit integer.
+SEED = click.IntRange(-(2**63), 2**64 - 1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="charlstm")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
@@ -90,6 +107,10 @@ no CORPUS, trains on the built-in default: {DEFAULT_CORPUS_DESCRIPTION},
 read from this Python installation. Stops at --steps, --epochs or --time,
 whichever comes first (10 minutes if none is given). Writes the run to
 OUT/NAME: best/ and last/ checkpoints and metrics.jsonl.
+
+With --resume, continues a run exactly where it stopped, on its own corpus
+unless CORPUS is given; --steps, --epochs and --time then set the run's new
+total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at once.
 """
 
 
@@ -97,19 +118,19 @@ OUT/NAME: best/ and last/ checkpoints and metrics.jsonl.
 @click.argument("corpus", nargs=-1)
 @click.option("--time", "time_budget", type=Duration(), help="Wall-clock budget, e.g. 90s, 10m, 1h (default 10m when no other limit is given).")
 @click.option("--steps", type=click.IntRange(min=1), help="Stop after this many optimiser steps.")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Stop after this many passes over the training text.")
+@click.option("--epochs", type=FiniteFloatRange(min=0, min_open=True), help="Stop after this many passes over the training text.")
 @click.option("--size", type=click.Choice(list(PRESETS)), help="Model size preset (default: chosen from the time budget and corpus size).")
 @click.option("--layers", type=click.IntRange(1, 16), help="Number of stacked recurrent layers.")
 @click.option("--hidden", type=click.IntRange(1, 8192), help="Hidden (and cell) state size per layer.")
 @click.option("--emb", type=click.IntRange(1, 8192), help="Character embedding size.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout between layers and before the head.")
+@click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), help="Dropout between layers and before the head.")
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", show_default=True, help="Recurrent cell type.")
 @click.option("--batch-size", type=click.IntRange(1, 65536), help="Number of parallel text streams per step.")
 @click.option("--seq-len", type=click.IntRange(1, 65536), help="Characters per stream per step (truncated-BPTT length).")
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), help="Peak learning rate (AdamW).")
-@click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Fraction of the text, taken from the end, held out for validation.")
+@click.option("--lr", type=FiniteFloatRange(0, 1, min_open=True), help="Peak learning rate (AdamW).")
+@click.option("--val-frac", type=FiniteFloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Fraction of the text, taken from the end, held out for validation.")
 @click.option("--eval-every", type=click.IntRange(min=1), help="Evaluate every N steps (default: six times per run).")
-@click.option("--seed", type=int, default=1337, show_default=True, help="Random seed for initialisation and dropout.")
+@click.option("--seed", type=SEED, default=1337, show_default=True, help="Random seed for initialisation and dropout.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 autocast on CPUs/GPUs that run it fast, else fp32.")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True, help="Parent directory for run directories.")
@@ -123,20 +144,29 @@ OUT/NAME: best/ and last/ checkpoints and metrics.jsonl.
 @click.option("--doc-separator", default="\\n", show_default=True, help="Text put between files (backslash escapes such as \\n work).")
 @click.option("--undecodable", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="A file in a folder or pattern that does not decode: stop, or skip it with a warning.")
 @click.option("--no-cache", is_flag=True, help="Encode the corpus afresh and do not store it in the cache.")
+@click.option("--resume", metavar="[RUN]", is_flag=False, flag_value="", help="Continue RUN (a run directory; default: the newest run under --out) where it stopped.")
+@click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="On a non-finite loss: stop, keeping the last good checkpoint, or skip the batch.")
+@click.option("--force", is_flag=True, help="Train even on a corpus whose characters look like binary data or are absurdly many.")
 def train(corpus: tuple[str, ...], **options: Any) -> None:
     text_options = TextOptions(
         options["encoding"], options["decode_errors"], options["keep_crlf"], options["lowercase"], options["nfc"]
     )
+    separator = options["doc_separator"].encode("latin-1", "backslashreplace").decode("unicode_escape")
+    if options["resume"] is not None:
+        _run_training(_resumed_trainer(corpus, text_options, separator, options))
+        return
     loaded = load_corpus(
         list(corpus) or None,
         text_options,
-        separator=options["doc_separator"].encode("latin-1", "backslashreplace").decode("unicode_escape"),
+        separator=separator,
         undecodable=options["undecodable"],
         min_char_count=options["min_char_count"],
         cache=None if options["no_cache"] else CorpusCache(),
     )
     console.note_skipped(loaded.skipped)
     data = loaded.corpus
+    for warning in check_vocabulary(data.vocab, data.source, options["force"]):
+        console.warn(warning)
     if options["steps"] is None and options["epochs"] is None and options["time_budget"] is None:
         options["time_budget"] = DEFAULT_TIME_BUDGET
     preset = PRESETS[options["size"] or auto_size(options["time_budget"], len(data))]
@@ -164,17 +194,67 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
         seed=options["seed"],
         device=options["device"],
         precision=options["precision"],
+        on_nan=options["on_nan"],
     )
     stem = _run_stem(corpus)
     name = options["name"] or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = options["out"] / name
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
-        trainer = Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter(), distributed=distributed)
-        with _stop_on_signals(trainer.request_stop):
-            result = trainer.train()
-    if trainer.is_main:
-        views.show_curves(read_metrics(result.run_dir))
-        console.note(f"sample from it: charlstm sample -c {result.run_dir}")
+        _run_training(Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter(), distributed=distributed))
+
+
+# Options of `train` that a resumed run compares with, or takes over into, its recorded settings.
+_MODEL_OPTIONS = {"emb": "emb_size", "hidden": "hidden_size", "layers": "num_layers", "dropout": "dropout", "cell": "cell"}
+_TRAIN_OPTIONS = ("steps", "epochs", "time_budget", "lr", "eval_every", "device", "precision", "on_nan",
+                  "batch_size", "seq_len", "val_frac", "seed")
+_TEXT_OPTIONS = ("encoding", "decode_errors", "keep_crlf", "lowercase", "nfc")
+
+
+def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separator: str, options: dict[str, Any]) -> Trainer:
+    """The run's Trainer at its last step, with only the options the user typed again applied."""
+    ctx = click.get_current_context()
+    given = {name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    for conflicting in ("name", "force", "min_char_count", "undecodable", "no_cache"):
+        if conflicting in given:
+            flag = conflicting.replace("_", "-")
+            raise click.UsageError(f"--{flag} cannot be used with --resume: it applies only to a new run", ctx)
+    model_changes: dict[str, Any] = {}
+    if options["size"] is not None:
+        preset = PRESETS[options["size"]]
+        model_changes.update(num_layers=preset.num_layers, hidden_size=preset.hidden_size,
+                             emb_size=preset.emb_size, dropout=preset.dropout)
+    model_changes.update({field: options[name] for name, field in _MODEL_OPTIONS.items() if name in given})
+    plan = plan_resume(
+        run=options["resume"] or None,
+        root=options["out"],
+        corpus_sources=list(corpus) or None,
+        text_options=text_options if given.intersection(_TEXT_OPTIONS) else None,
+        separator=separator if "doc_separator" in given else None,
+        model_changes=model_changes,
+        train_changes={name: options[name] for name in _TRAIN_OPTIONS if name in given},
+    )
+    for warning in plan.warnings:
+        console.warn(warning)
+    return plan.trainer(console.ConsoleTrainReporter())
+
+
+def _run_training(trainer: Trainer) -> None:
+    """Train; a stop by signal saves the run, says how to resume, and exits 128 + the signal number."""
+    with _stop_on_signals(trainer.request_stop) as signals:
+        result = trainer.train()
+    if result.stopped_early:
+        if trainer.is_main:
+            console.note(
+                f"stopped at step {result.steps}; the run is saved in {result.run_dir / 'last'}; "
+                f"resume it with: charlstm train --resume {result.run_dir}"
+            )
+        raise SystemExit(128 + (signals.received[0] if signals.received else signal.SIGINT))
+    if not trainer.is_main:
+        return
+    if result.skipped_batches:
+        console.warn(f"{result.skipped_batches} batch(es) with a non-finite loss were skipped (--on-nan skip)")
+    views.show_curves(read_metrics(result.run_dir))
+    console.note(f"sample from it: charlstm sample -c {result.run_dir}")
 
 
 def _run_stem(corpus: tuple[str, ...]) -> str:
@@ -231,17 +311,22 @@ def corpus_stats_command(sources: tuple[str, ...], encoding: str, rarest: int) -
 
 
 class _stop_on_signals:
-    """First Ctrl-C or SIGTERM asks the trainer to stop cleanly; a second one stops at once."""
+    """First Ctrl-C or SIGTERM asks the trainer to stop cleanly; a second one stops at once.
+
+    Stopping at once is safe: checkpoints are swapped in with renames, so an exit
+    at any moment leaves the previous complete checkpoint in place.
+    """
 
     def __init__(self, request_stop: Callable[[], None]):
         self.request_stop = request_stop
         self.previous: dict[int, Any] = {}
-        self.received = 0
+        self.received: list[int] = []
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.received += 1
-        if self.received > 1:
-            raise KeyboardInterrupt
+        self.received.append(signum)
+        if len(self.received) > 1:
+            console.error(f"{signal.Signals(signum).name} again: stopped at once; the checkpoints already saved are intact")
+            raise SystemExit(128 + signum)
         console.warn("stopping after this step and saving the run; press Ctrl-C again to stop at once")
         self.request_stop()
 
@@ -259,10 +344,10 @@ class _stop_on_signals:
 @click.option("-c", "--checkpoint", type=click.Path(path_type=Path), help="Run or checkpoint directory (default: newest run under ./checkpoints).")
 @click.option("--prime", default="", help="Text to start from; the sample continues it.")
 @click.option("--length", type=click.IntRange(min=1), default=500, show_default=True, help="Characters to generate.")
-@click.option("--temp", "temperature", type=click.FloatRange(0, 100), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
+@click.option("--temp", "temperature", type=FiniteFloatRange(0, 100), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k most likely characters.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Draw only from the smallest set of characters whose probability reaches p.")
-@click.option("--seed", type=int, help="Random seed: the same seed gives the same text.")
+@click.option("--top-p", type=FiniteFloatRange(0, 1, min_open=True), help="Draw only from the smallest set of characters whose probability reaches p.")
+@click.option("--seed", type=SEED, help="Random seed: the same seed gives the same text.")
 @click.option("-n", "--num-samples", type=click.IntRange(1, 4096), default=1, show_default=True, help="Number of samples, drawn as one batch.")
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of a run to use.")

@@ -26,6 +26,15 @@ UnknownPolicy = Literal["error", "skip", "replace"]
 # default corpus that needs no download and is big enough to learn from.
 DEFAULT_CORPUS_DESCRIPTION = "the Python standard library's top-level modules (Lib/*.py)"
 
+# Real text rarely has more than a few thousand distinct characters (a corpus of
+# Tang poems has about 5,400). The output layer and its logits grow with the
+# vocabulary, so a file decoded with the wrong encoding can ask for gigabytes.
+VOCAB_WARN_SIZE = 10_000
+VOCAB_MAX_SIZE = 30_000
+# Control characters other than layout ones are a sign of binary data read as text.
+MAX_CONTROL_CHARS = 8
+_LAYOUT_CONTROLS = frozenset("\t\n\r\x0b\x0c")
+
 
 # Rare characters folded by --min-char-count become this one symbol: the Unicode
 # replacement character, which already means "some character that was lost".
@@ -338,6 +347,30 @@ class CorpusFile:
     bytes: int
 
 
+def check_vocabulary(vocab: Vocab, source: str, force: bool = False) -> list[str]:
+    """Refuse a vocabulary that betrays binary data or a wrong encoding; warnings for a merely large one.
+
+    ``force`` turns each refusal into a warning, for the rare corpus that really is like that.
+    """
+    controls = [c for c in vocab.chars if unicodedata.category(c) == "Cc" and c not in _LAYOUT_CONTROLS]
+    problems = []
+    if len(vocab) > VOCAB_MAX_SIZE:
+        problems.append(
+            f"{source} has {len(vocab):,} distinct characters (the limit is {VOCAB_MAX_SIZE:,}); "
+            "the model's output layer would be huge"
+        )
+    if len(controls) > MAX_CONTROL_CHARS:
+        problems.append(f"{source} has {len(controls)} distinct control characters; it looks like binary data")
+    if problems and not force:
+        raise CorpusError(
+            "; ".join(problems) + "; check that it is text and that --encoding is right, or pass --force to train on it anyway"
+        )
+    warnings = problems
+    if not problems and len(vocab) > VOCAB_WARN_SIZE:
+        warnings.append(f"{source} has {len(vocab):,} distinct characters; the model will be large and slow")
+    return warnings
+
+
 @dataclass
 class Corpus:
     """A text as ids, with the vocabulary that maps between the two.
@@ -351,6 +384,9 @@ class Corpus:
     ids: np.ndarray
     sha256: str
     files: list[CorpusFile] = field(default_factory=list)
+    # How sources.load_corpus read it (files, text options, separator, rare-character folding),
+    # recorded in checkpoints so that a resumed run reads its corpus again the same way.
+    loading: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_text(
@@ -388,6 +424,7 @@ class Corpus:
             "chars": len(self),
             "sha256": self.sha256,
             "files": [asdict(f) for f in self.files],
+            **({"loading": self.loading} if self.loading else {}),
         }
 
     def split(self, val_frac: float) -> tuple[np.ndarray, np.ndarray]:

@@ -19,14 +19,18 @@ class CheckpointError(CharlstmError):
     """A checkpoint is missing, damaged, or incompatible."""
 
 
+def name_chars(chars: list[str], limit: int = 10) -> str:
+    """Characters as a user can read them in one line: quoted, escaped, the first few only."""
+    shown = ", ".join(repr(c) for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
+
+
 class UnknownCharactersError(CharlstmError):
     """Text contains characters the model's vocabulary has never seen."""
 
     def __init__(self, unknown: list[str]):
         self.unknown = unknown
-        shown = ", ".join(repr(c) for c in unknown[:10])
-        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
         super().__init__(
-            f"text has {len(unknown)} character(s) the model never saw: {shown}{more}; "
+            f"text has {len(unknown)} character(s) the model never saw: {name_chars(unknown)}; "
             "use --unknown skip or --unknown replace, or remove them"
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import glob
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from .cache import CorpusCache, cache_key
 from .corpus import (
@@ -184,6 +184,7 @@ def load_corpus(
             kept = [f for i, f in enumerate(files) if i not in set(meta["undecodable"])]
             skipped += [SkippedFile(Path(files[i].path), meta["undecodable_reason"][str(i)]) for i in meta["undecodable"]]
             corpus = Corpus(_describe(description, kept), Vocab(meta["vocab"]), ids, meta["sha256"], kept)
+            corpus.loading = _how_read(sources, kept, options, separator, min_char_count)
             return LoadedCorpus(corpus, skipped, from_cache=True)
 
     pieces: list[str | bytes] = []
@@ -226,5 +227,14 @@ def load_corpus(
                 "undecodable_reason": undecodable_reasons,
             },
         )
+    corpus.loading = _how_read(sources, kept_files, options, separator, min_char_count)
     return LoadedCorpus(corpus, skipped, from_cache=False)
+
+
+def _how_read(
+    sources: Sequence[str | Path] | None, kept: list[CorpusFile], options: TextOptions, separator: str, min_char_count: int
+) -> dict[str, Any]:
+    """What a resumed run needs to read the same corpus again, from any working directory."""
+    files = None if sources is None else [str(Path(f.path).resolve()) for f in kept]
+    return {"files": files, "options": asdict(options), "separator": separator, "min_char_count": min_char_count}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ContextManager, Literal, Protocol
 
@@ -22,14 +22,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
 from .batches import StreamBatches
-from .checkpoint import FORMAT_VERSION, append_metrics, write_checkpoint
+from .checkpoint import FORMAT_VERSION, append_metrics, prepare_run_dir, saved_steps, write_checkpoint
 from .corpus import Corpus
 from .distributed import DistributedContext
-from .errors import CharlstmError, CorpusError
+from .errors import CharlstmError, CheckpointError, CorpusError
 from .model import CharLSTM, ModelConfig, State, detach_state
 
 Precision = Literal["auto", "bf16", "fp32"]
+NanPolicy = Literal["stop", "skip"]
 LN2 = math.log(2.0)
+# With --on-nan skip, this many non-finite batches in a row means the run has diverged for good.
+MAX_SKIPS_IN_A_ROW = 20
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -97,6 +100,7 @@ class TrainConfig:
     device: str = "auto"
     precision: Precision = "auto"
     preview_chars: int = 160
+    on_nan: NanPolicy = "stop"
 
     def __post_init__(self) -> None:
         if self.steps is None and self.epochs is None and self.time_budget is None:
@@ -109,6 +113,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Rebuild a recorded config; settings this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
 
 
 @dataclass
@@ -166,6 +176,7 @@ class TrainResult:
     best_val_loss: float | None
     last_val_loss: float | None
     stopped_early: bool = False
+    skipped_batches: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -310,6 +321,9 @@ class Trainer:
         self.train_seconds = 0.0
         self.chars_seen = 0
         self.evals_done = 0
+        self.skipped_batches = 0
+        self._skips_in_a_row = 0
+        self.saved_steps: dict[str, int] = {}
         self.best_val_loss: float | None = None
         self.last_val_loss: float | None = None
         self.train_loss_ema: float | None = None
@@ -317,6 +331,7 @@ class Trainer:
         self._stop_requested = False
         self._stopping = False
         self._resumed_from = 0
+        self._resumed = resume_state is not None
         self._session_start = (0, 0.0)
         if resume_state is not None:
             self._restore(resume_state)
@@ -408,9 +423,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(),
             "hidden": [self._whole_batch(s) for s in self.state],
+            "skipped_batches": self.skipped_batches,
         }
         if self.distributed is not None:
             saved["rank_rng"] = self.distributed.gather_objects(torch.get_rng_state())
+        if self.device.type == "cuda":
+            saved["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return saved
 
     def _whole_batch(self, rows: torch.Tensor) -> torch.Tensor:
@@ -430,22 +448,55 @@ class Trainer:
             return by_rank[self.distributed.rank]
         return torch.Generator().manual_seed(hash((self.config.seed, self.distributed.rank, self.step))).get_state()
 
+    _COUNTERS = ("step", "window", "epoch", "elapsed", "train_seconds", "chars_seen", "evals_done")
+    _LOSSES = ("best_val_loss", "last_val_loss", "train_loss_ema")
+
     def _restore(self, saved: dict[str, Any]) -> None:
-        for name in ("step", "window", "epoch", "elapsed", "train_seconds", "chars_seen", "evals_done"):
-            setattr(self, name, saved[name])
-        self.best_val_loss = saved["best_val_loss"]
-        self.last_val_loss = saved["last_val_loss"]
-        self.train_loss_ema = saved["train_loss_ema"]
-        self.optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(self._own_rng(saved))
-        self.state = tuple(self._own_rows(s).to(self.device) for s in saved["hidden"])
+        missing = [name for name in (*self._COUNTERS, *self._LOSSES, "optimizer", "rng", "hidden") if name not in saved]
+        if missing:
+            raise CheckpointError(f"the saved training state lacks {', '.join(missing)}; it is damaged or not charlstm's")
+        try:
+            for name in self._COUNTERS:
+                setattr(self, name, type(getattr(self, name))(saved[name]))
+            for name in self._LOSSES:
+                setattr(self, name, None if saved[name] is None else float(saved[name]))
+            self.skipped_batches = int(saved.get("skipped_batches", 0))
+            expected = self.state
+            hidden = tuple(self._own_rows(torch.as_tensor(s)).to(self.device) for s in saved["hidden"])
+            if [h.shape for h in hidden] != [e.shape for e in expected]:
+                raise ValueError(f"hidden state of shape {[tuple(h.shape) for h in hidden]} for a model with {[tuple(e.shape) for e in expected]}")
+            if not 0 <= self.window < len(self.batches) or self.step < 0:
+                raise ValueError(f"data cursor {self.window} outside the {len(self.batches)} windows of the text")
+            self.optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(self._own_rng(saved))
+            if "cuda_rng" in saved and self.device.type == "cuda":
+                torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CheckpointError(f"the saved training state does not fit this run ({first_line[:200]})") from None
+        self.state = hidden
         self._resumed_from = self.step
+
+    def _write_failed(self, what: str, error: OSError) -> CheckpointError:
+        """Why a write failed, and what is still safe on disk, in one line."""
+        kept = ", ".join(f"{tag}/ holds step {step}" for tag, step in sorted(self.saved_steps.items()))
+        safe = f"nothing was half-written: {kept}" if kept else "no checkpoint had been saved yet"
+        then = f"resume with: charlstm train --resume {self.run_dir}" if "last" in self.saved_steps else "train again"
+        return CheckpointError(
+            f"could not write {what} at step {self.step} in {self.run_dir} ({error.strerror or error}); {safe}; "
+            f"free some space or fix the directory, then {then}"
+        )
 
     def save(self, tag: str = "last") -> Path:
         state = self.training_state() if tag == "last" else None
         if not self.is_main:
             return self.run_dir / tag
-        return write_checkpoint(self.run_dir, tag, self.model, self.checkpoint_config(), state)
+        try:
+            path = write_checkpoint(self.run_dir, tag, self.model, self.checkpoint_config(), state)
+        except OSError as error:
+            raise self._write_failed(f"the {tag} checkpoint", error) from error
+        self.saved_steps[tag] = self.step
+        return path
 
     # -- the loop -----------------------------------------------------------------
 
@@ -459,7 +510,12 @@ class Trainer:
         seconds = self.train_seconds - self._session_start[1]
         return chars / seconds if seconds > 0 else 0.0
 
-    def _train_step(self) -> float:
+    def _train_step(self) -> float | None:
+        """One window: forward, backward, update; None when a non-finite batch was skipped.
+
+        The loss and the gradient norm are checked before the optimiser step, so a
+        diverging batch never reaches the weights.
+        """
         if self.window == 0:
             self.state = self.model.init_state(self.batches.batch_size, self.device)
         x, y = self.batches.window(self.window, self.device)
@@ -470,18 +526,45 @@ class Trainer:
             logits, state = self.forward_model(x, self.state)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.state = detach_state(state)
+        loss_value = loss.item()
+        # Under torchrun every rank must take the same branch, or the gradient all-reduce waits forever.
+        finite = math.isfinite(loss_value if self.distributed is None else float(self.distributed.gather_values(loss_value).sum()))
+        if finite:
+            loss.backward()
+            max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+            finite = math.isfinite(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)))
+        if finite:
+            self.optimizer.step()
+            self.state = detach_state(state)
+            self._skips_in_a_row = 0
+        else:
+            self._skip_or_stop(loss_value)
+            self.state = self.model.init_state(self.batches.batch_size, self.device)
         self.step += 1
         self.chars_seen += self.config.batch_size * y.shape[1]  # the whole batch's, on every rank
         self.window += 1
         if self.window == len(self.batches):
             self.window = 0
             self.epoch += 1
-        return loss.item()
+        return loss_value if finite else None
+
+    def _skip_or_stop(self, loss: float) -> None:
+        """Stop at a non-finite batch, weights untouched; or, with ``on_nan="skip"``, count it and go on."""
+        step = self.step + 1
+        self.skipped_batches += 1
+        self._skips_in_a_row += 1
+        what = f"the loss is {loss}" if not math.isfinite(loss) else "the gradients are not finite"
+        if self.config.on_nan == "skip" and self._skips_in_a_row < MAX_SKIPS_IN_A_ROW:
+            return
+        if self.config.on_nan == "skip":
+            what = f"{self._skips_in_a_row} batches in a row were not finite"
+        last = self.saved_steps.get("last")
+        kept = f"the last good checkpoint (step {last}) is kept in {self.run_dir}" if last is not None else "no checkpoint had been saved yet"
+        retry = f"charlstm train --resume {self.run_dir} --lr {self.config.lr / 2:g}" if last is not None else f"--lr {self.config.lr / 2:g}"
+        raise CharlstmError(
+            f"training diverged at step {step}: {what}; the weights were not updated and {kept}; "
+            f"try a lower learning rate ({retry}), or --on-nan skip to skip such batches"
+        )
 
     def _log_metrics(self, **extra: float) -> None:
         """One line of metrics.jsonl: every evaluation (with ``val_loss``) and every ``log_every`` steps
@@ -495,7 +578,10 @@ class Trainer:
             "train_loss": self.train_loss_ema,
             "chars_per_sec": self._session_chars_per_sec(),
         }
-        append_metrics(self.run_dir, {**record, **extra})
+        try:
+            append_metrics(self.run_dir, {**record, **extra})
+        except OSError as error:
+            raise self._write_failed("metrics.jsonl", error) from error
 
     def _evaluate_and_save(self) -> None:
         from .sample import Generator  # here, not at the top: the sampler imports this module
@@ -544,7 +630,8 @@ class Trainer:
 
     def train(self) -> TrainResult:
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            prepare_run_dir(self.run_dir, new_run=not self._resumed)
+        self.saved_steps = saved_steps(self.run_dir)
         self.model.train()
         self._session_start = (self.chars_seen, self.train_seconds)
         self.reporter.start(
@@ -571,14 +658,9 @@ class Trainer:
             now = time.perf_counter()
             self.train_seconds += now - step_start
             self.elapsed = now - clock
-            loss = self._agree(loss)
-            if not math.isfinite(loss):
-                # ``last`` still holds the last good state; a diverged one must not replace it.
-                raise CharlstmError(
-                    f"training diverged at step {self.step} (loss is {loss}); the last good checkpoint is kept "
-                    f"in {self.run_dir}; try a lower --lr"
-                )
-            self.train_loss_ema = loss if self.train_loss_ema is None else 0.95 * self.train_loss_ema + 0.05 * loss
+            agreed = self._agree(loss if loss is not None else 0.0)
+            if loss is not None:
+                self.train_loss_ema = agreed if self.train_loss_ema is None else 0.95 * self.train_loss_ema + 0.05 * agreed
             progress = self.progress()
             self.reporter.step(
                 StepStats(
@@ -586,7 +668,7 @@ class Trainer:
                     epoch=self.epoch,
                     progress=progress,
                     lr=self.learning_rate(),
-                    train_loss=self.train_loss_ema,
+                    train_loss=self.train_loss_ema if self.train_loss_ema is not None else float("nan"),
                     chars_per_sec=self._session_chars_per_sec(),
                     elapsed=self.elapsed,
                     eta=(self.elapsed / progress - self.elapsed) if progress > 0 else None,
@@ -612,6 +694,7 @@ class Trainer:
             best_val_loss=self.best_val_loss,
             last_val_loss=self.last_val_loss,
             stopped_early=self._stopping,
+            skipped_batches=self.skipped_batches,
         )
         self.reporter.finish(result)
         return result

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,45 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_text: str) -> Pat
     config = ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL)
     Trainer(corpus, config, tiny_train_config(steps=150), run_dir).train()
     return run_dir
+
+
+@dataclass
+class CliOutcome:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def final_error_line(self) -> str:
+        """The error that ended a failed command: its last line, the only one saying ``error:``."""
+        lines = self.stderr.strip().splitlines()
+        assert self.code != 0, f"expected a failure, got exit 0: {self.stderr}"
+        assert lines and lines[-1].startswith("error: "), self.stderr
+        assert sum(line.startswith("error:") for line in lines) == 1, self.stderr
+        assert "Traceback" not in self.stderr and "unexpected" not in lines[-1], self.stderr
+        return lines[-1]
+
+    @property
+    def error_line(self) -> str:
+        """The one line a command refused with, before doing anything else."""
+        assert len(self.stderr.strip().splitlines()) == 1, self.stderr
+        return self.final_error_line
+
+
+def main_outcome(*args: str) -> CliOutcome:
+    """Run the real entry point, ``cli.main()``, in this process and capture what a user would see."""
+    from charlstm.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main(list(args))
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return CliOutcome(code, stdout.getvalue(), stderr.getvalue())
+
+
+# A model and batch shape that train in a fraction of a second through the CLI.
+TINY_CLI = ("--hidden", "24", "--layers", "1", "--emb", "8", "--batch-size", "4", "--seq-len", "16",
+            "--precision", "fp32", "--device", "cpu")

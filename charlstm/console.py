@@ -152,7 +152,8 @@ class ConsoleTrainReporter:
             eta = "—" if stats.eta is None else format_duration(stats.eta)
             self.console.print(
                 f"step {stats.step} ({stats.progress:.0%}) epoch {stats.epoch} loss {stats.train_loss:.4f} "
-                f"val {val} {format_count(stats.chars_per_sec)} ch/s elapsed {format_duration(stats.elapsed)} eta {eta}"
+                f"val {val} {format_count(stats.chars_per_sec)} ch/s elapsed {format_duration(stats.elapsed)} eta {eta}",
+                soft_wrap=True,
             )
 
     def evaluated(self, stats: EvalStats) -> None:

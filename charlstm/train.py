@@ -88,7 +88,7 @@ class TrainConfig:
     epochs: float | None = None
     time_budget: float | None = None
     lr: float = 2e-3
-    min_lr_ratio: float = 0.05
+    min_lr_ratio: float = 0.02
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0

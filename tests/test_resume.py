@@ -119,7 +119,7 @@ def test_a_finished_run_is_extended_only_by_a_larger_budget(run_copy):
     ("options", "message"),
     [
         (("--hidden", "64", "--batch-size", "8"), "hidden_size 64 (the run has 24); batch_size 8 (the run has 4)"),
-        (("--size", "large"), "num_layers 3 (the run has 1); hidden_size 512 (the run has 24)"),
+        (("--size", "large"), "hidden_size 512 (the run has 24)"),
         (("--cell", "gru", "--seq-len", "17", "--val-frac", "0.2"), "cell gru (the run has lstm); seq_len 17 (the run has 16); val_frac 0.2"),
         (("--seed", "1"), "seed 1 (the run has 1337)"),
         (("--name", "other"), "--name cannot be used with --resume"),

@@ -201,7 +201,8 @@ def show_demo_progress(row: "DemoRow") -> None:
     err.print(
         f"{row.cell.upper():>4} distance {row.distance:>4}: recall accuracy {row.accuracy:6.1%} "
         f"(chance {row.chance_accuracy:.1%}), key loss {row.key_loss:.3f}, "
-        f"gradient reaching the key {row.gradient_norm:.2e}  [{format_duration(row.seconds)}]"
+        f"gradient reaching the key {row.gradient_norm:.2e}  [{format_duration(row.seconds)}]",
+        soft_wrap=True,
     )
 
 

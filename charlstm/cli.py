@@ -20,7 +20,7 @@ from .cache import CorpusCache
 from .catalogue import fetch, find_entry, load_catalogue
 from .checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
 from .corpus import DEFAULT_CORPUS_DESCRIPTION, TextOptions, check_vocabulary
-from .distributed import launched
+from .distributed import DistributedContext, launched, signals_arrive_twice
 from .errors import CharlstmError
 from .longrange import DemoConfig, run_long_range_demo, score_positions
 from .model import ModelConfig
@@ -153,7 +153,8 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     )
     separator = options["doc_separator"].encode("latin-1", "backslashreplace").decode("unicode_escape")
     if options["resume"] is not None:
-        _run_training(_resumed_trainer(corpus, text_options, separator, options))
+        with launched() as distributed:  # under torchrun: one rank of a data-parallel continuation
+            _run_training(_resumed_trainer(corpus, text_options, separator, options, distributed))
         return
     loaded = load_corpus(
         list(corpus) or None,
@@ -210,7 +211,8 @@ _TRAIN_OPTIONS = ("steps", "epochs", "time_budget", "lr", "eval_every", "device"
 _TEXT_OPTIONS = ("encoding", "decode_errors", "keep_crlf", "lowercase", "nfc")
 
 
-def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separator: str, options: dict[str, Any]) -> Trainer:
+def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separator: str, options: dict[str, Any],
+                     distributed: DistributedContext | None) -> Trainer:
     """The run's Trainer at its last step, with only the options the user typed again applied."""
     ctx = click.get_current_context()
     given = {name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
@@ -233,14 +235,16 @@ def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separat
         model_changes=model_changes,
         train_changes={name: options[name] for name in _TRAIN_OPTIONS if name in given},
     )
-    for warning in plan.warnings:
-        console.warn(warning)
-    return plan.trainer(console.ConsoleTrainReporter())
+    if distributed is None or distributed.is_main:
+        for warning in plan.warnings:
+            console.warn(warning)
+    return plan.trainer(console.ConsoleTrainReporter(), distributed)
 
 
 def _run_training(trainer: Trainer) -> None:
     """Train; a stop by signal saves the run, says how to resume, and exits 128 + the signal number."""
-    with _stop_on_signals(trainer.request_stop) as signals:
+    echo = ECHO_SECONDS if signals_arrive_twice() else 0.0
+    with _stop_on_signals(trainer.request_stop, speak=trainer.is_main, echo_seconds=echo) as signals:
         result = trainer.train()
     if result.stopped_early:
         if trainer.is_main:
@@ -310,24 +314,40 @@ def corpus_stats_command(sources: tuple[str, ...], encoding: str, rarest: int) -
     console.print_corpus_stats(stats)
 
 
+# Under torchrun, how soon after the first a signal still counts as the same Ctrl-C passed on: torchrun
+# forwards it within milliseconds, but a worker inside a long tensor operation or a collective runs
+# its handler only when that returns.
+ECHO_SECONDS = 2.0
+
+
 class _stop_on_signals:
     """First Ctrl-C or SIGTERM asks the trainer to stop cleanly; a second one stops at once.
 
     Stopping at once is safe: checkpoints are swapped in with renames, so an exit
-    at any moment leaves the previous complete checkpoint in place.
+    at any moment leaves the previous complete checkpoint in place. Under torchrun
+    one Ctrl-C arrives twice (from the terminal and from torchrun), so a signal within
+    ``echo_seconds`` of the first counts as the same one; only rank 0 (``speak``) says so.
     """
 
-    def __init__(self, request_stop: Callable[[], None]):
+    def __init__(self, request_stop: Callable[[], None], speak: bool = True, echo_seconds: float = 0.0):
         self.request_stop = request_stop
+        self.speak = speak
+        self.echo_seconds = echo_seconds
         self.previous: dict[int, Any] = {}
         self.received: list[int] = []
+        self.first_at = 0.0
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.received and time.monotonic() - self.first_at < self.echo_seconds:
+            return
         self.received.append(signum)
         if len(self.received) > 1:
-            console.error(f"{signal.Signals(signum).name} again: stopped at once; the checkpoints already saved are intact")
+            if self.speak:
+                console.error(f"{signal.Signals(signum).name} again: stopped at once; the checkpoints already saved are intact")
             raise SystemExit(128 + signum)
-        console.warn("stopping after this step and saving the run; press Ctrl-C again to stop at once")
+        self.first_at = time.monotonic()
+        if self.speak:
+            console.warn("stopping after this step and saving the run; press Ctrl-C again to stop at once")
         self.request_stop()
 
     def __enter__(self) -> "_stop_on_signals":

@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from .errors import CharlstmError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -107,6 +109,22 @@ class DistributedContext:
         dist.all_gather_object(gathered, value)
         return gathered
 
+    def on_main(self, action: Callable[[], T]) -> T:
+        """Run ``action`` on rank 0 alone (a write to the run directory) and give every rank its outcome:
+        its result, or the very error it raised. A refusal on rank 0 then stops all ranks at once,
+        instead of leaving the others waiting in a collective rank 0 never reaches."""
+        outcome: list[Any] = [None, None]
+        if self.is_main:
+            try:
+                outcome[0] = action()
+            except Exception as error:
+                outcome[1] = error
+        dist.broadcast_object_list(outcome, src=0, device=self.device)
+        result, failure = outcome
+        if failure is not None:
+            raise failure
+        return result
+
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -121,3 +139,9 @@ def launched(environ: Mapping[str, str] = os.environ) -> Iterator[DistributedCon
     finally:
         if context is not None:
             context.close()
+
+
+def signals_arrive_twice(environ: Mapping[str, str] = os.environ) -> bool:
+    """True in a worker torchrun started: its agent passes each SIGINT or SIGTERM it gets on to every
+    worker, and a Ctrl-C in the terminal reaches the workers directly as well, so one press arrives twice."""
+    return "TORCHELASTIC_RUN_ID" in environ

@@ -20,6 +20,7 @@ import torch
 from .cache import CorpusCache
 from .checkpoint import CONFIG_FILE, DEFAULT_ROOT, load, load_training_state, resolve_resumable
 from .corpus import Corpus, TextOptions, Vocab
+from .distributed import DistributedContext
 from .errors import CharlstmError, CheckpointError, CorpusError, name_chars
 from .model import ModelConfig
 from .sources import load_corpus
@@ -47,8 +48,13 @@ class ResumePlan:
     def run_dir(self) -> Path:
         return self.checkpoint_dir.parent
 
-    def trainer(self, reporter: TrainReporter | None = None) -> Trainer:
-        """The run's Trainer, positioned at its last step; refuses a run whose budget is spent."""
+    def trainer(self, reporter: TrainReporter | None = None, distributed: DistributedContext | None = None) -> Trainer:
+        """The run's Trainer, positioned at its last step; refuses a run whose budget is spent.
+
+        With ``distributed`` (from torchrun) it is one rank of a data-parallel continuation, on any
+        number of ranks that divides the batch: every rank reads the same ``last`` checkpoint and takes
+        its own rows of the saved whole-batch hidden state.
+        """
         trainer = Trainer(
             self.corpus,
             self.model_config,
@@ -57,6 +63,7 @@ class ResumePlan:
             reporter,
             resume_state=self.training_state,
             model_state=self.model_state,
+            distributed=distributed,
         )
         if trainer.progress() >= 1.0:
             budget = ", ".join(

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ContextManager, Literal, Protocol
+from typing import Any, Callable, ContextManager, Iterator, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ NanPolicy = Literal["stop", "skip"]
 LN2 = math.log(2.0)
 # With --on-nan skip, this many non-finite batches in a row means the run has diverged for good.
 MAX_SKIPS_IN_A_ROW = 20
+T = TypeVar("T")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -310,7 +311,9 @@ class Trainer:
         self.model = CharLSTM(model_config).to(self.device)
         if model_state is not None:
             self.model.load_state_dict(model_state)
-        self.forward_model = self._data_parallel()
+        self.forward_model: torch.nn.Module = self.model  # DDP-wrapped while train() runs under torchrun
+        if distributed is not None and not distributed.is_main:
+            torch.manual_seed(config.seed + distributed.rank)  # ranks past 0 draw dropout masks of their own
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
         )
@@ -336,14 +339,21 @@ class Trainer:
         if resume_state is not None:
             self._restore(resume_state)
 
-    def _data_parallel(self) -> torch.nn.Module:
-        """The model as the training forward calls it: under torchrun, wrapped in DDP so that backward
-        averages the gradients over the ranks; ranks past 0 then draw dropout masks of their own."""
+    @contextmanager
+    def _data_parallel(self) -> Iterator[None]:
+        """Under torchrun, the training forward goes through DDP (so backward averages the gradients over
+        the ranks) while train() runs, and the wrapper is let go however training ends. Left alive past
+        the process group's destruction, DDP would free the group itself with the GIL held while gloo's
+        worker threads wait for the GIL: a run stopped by Ctrl-C hung at exit that way."""
         if self.distributed is None:
-            return self.model
-        if not self.distributed.is_main:
-            torch.manual_seed(self.config.seed + self.distributed.rank)
-        return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            yield
+            return
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.forward_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        try:
+            yield
+        finally:
+            self.forward_model = self.model
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """Weight decay on matrices only: biases and embeddings are left alone."""
@@ -487,16 +497,23 @@ class Trainer:
             f"free some space or fix the directory, then {then}"
         )
 
+    def _on_main(self, action: Callable[[], T]) -> T:
+        """Run a write to the run directory on rank 0 alone; under torchrun every rank learns its
+        result or raises its error, so a failed write stops all ranks at the same point."""
+        return action() if self.distributed is None else self.distributed.on_main(action)
+
     def save(self, tag: str = "last") -> Path:
         state = self.training_state() if tag == "last" else None
-        if not self.is_main:
-            return self.run_dir / tag
-        try:
-            path = write_checkpoint(self.run_dir, tag, self.model, self.checkpoint_config(), state)
-        except OSError as error:
-            raise self._write_failed(f"the {tag} checkpoint", error) from error
-        self.saved_steps[tag] = self.step
-        return path
+
+        def write() -> None:
+            try:
+                write_checkpoint(self.run_dir, tag, self.model, self.checkpoint_config(), state)
+            except OSError as error:
+                raise self._write_failed(f"the {tag} checkpoint", error) from error
+
+        self._on_main(write)
+        self.saved_steps[tag] = self.step  # on every rank, so their messages agree on what is safe on disk
+        return self.run_dir / tag
 
     # -- the loop -----------------------------------------------------------------
 
@@ -527,8 +544,10 @@ class Trainer:
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = loss.item()
-        # Under torchrun every rank must take the same branch, or the gradient all-reduce waits forever.
-        finite = math.isfinite(loss_value if self.distributed is None else float(self.distributed.gather_values(loss_value).sum()))
+        # Under torchrun every rank must take the same branch, or the gradient all-reduce waits forever: the
+        # loss is checked summed over the ranks, and the gradients after DDP made them identical on all.
+        checked = loss_value if self.distributed is None else float(self.distributed.gather_values(loss_value).sum())
+        finite = math.isfinite(checked)
         if finite:
             loss.backward()
             max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
@@ -538,7 +557,7 @@ class Trainer:
             self.state = detach_state(state)
             self._skips_in_a_row = 0
         else:
-            self._skip_or_stop(loss_value)
+            self._skip_or_stop(checked)
             self.state = self.model.init_state(self.batches.batch_size, self.device)
         self.step += 1
         self.chars_seen += self.config.batch_size * y.shape[1]  # the whole batch's, on every rank
@@ -569,8 +588,6 @@ class Trainer:
     def _log_metrics(self, **extra: float) -> None:
         """One line of metrics.jsonl: every evaluation (with ``val_loss``) and every ``log_every`` steps
         between them (without), so the training curve has more than a handful of points."""
-        if not self.is_main:
-            return
         record = {
             "step": self.step,
             "time": round(self.elapsed, 3),
@@ -578,10 +595,14 @@ class Trainer:
             "train_loss": self.train_loss_ema,
             "chars_per_sec": self._session_chars_per_sec(),
         }
-        try:
-            append_metrics(self.run_dir, {**record, **extra})
-        except OSError as error:
-            raise self._write_failed("metrics.jsonl", error) from error
+
+        def write() -> None:
+            try:
+                append_metrics(self.run_dir, {**record, **extra})
+            except OSError as error:
+                raise self._write_failed("metrics.jsonl", error) from error
+
+        self._on_main(write)
 
     def _evaluate_and_save(self) -> None:
         from .sample import Generator  # here, not at the top: the sampler imports this module
@@ -629,9 +650,15 @@ class Trainer:
         return float(table[:, 2].mean())
 
     def train(self) -> TrainResult:
-        if self.is_main:
+        with self._data_parallel():
+            return self._train()
+
+    def _train(self) -> TrainResult:
+        def prepare() -> dict[str, int]:
             prepare_run_dir(self.run_dir, new_run=not self._resumed)
-        self.saved_steps = saved_steps(self.run_dir)
+            return saved_steps(self.run_dir)
+
+        self.saved_steps = self._on_main(prepare)  # a refusal here stops every rank before any training
         self.model.train()
         self._session_start = (self.chars_seen, self.train_seconds)
         self.reporter.start(

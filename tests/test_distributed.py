@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import signal
 import socket
 import time
+from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +18,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from charlstm import CharLSTM, Corpus, ModelConfig, Trainer, cli, load
+from charlstm import CharLSTM, Corpus, ModelConfig, Trainer, cli, console, load
 from charlstm.batches import StreamBatches
 from charlstm.checkpoint import load_training_state, read_evaluations, read_metrics
 from charlstm.distributed import DistributedContext
 from charlstm.errors import CharlstmError
 from charlstm.train import evaluation_totals
 
-from conftest import TINY_MODEL, tiny_train_config
+from conftest import TINY_MODEL, CliOutcome, main_outcome, tiny_train_config
 
 WORLD_SIZE = 2
 STEPS = 8
@@ -84,10 +89,47 @@ class StopRequestedAt(Trainer):
         return loss
 
 
-def _rank_main(rank: int, port: int, corpus_file: Path, out: Path) -> None:
-    """One rank: a run that rank 1 alone is asked to stop midway, then the whole run through the CLI."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+class CtrlCAt(console.ConsoleTrainReporter):
+    """Rank 0's display, which delivers one Ctrl-C twice at ``step`` as a terminal and torchrun together do."""
+
+    step_to_stop = 3
+
+    def step(self, stats) -> None:
+        super().step(stats)
+        if stats.step == self.step_to_stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class NonFiniteOnRankOneAt(Trainer):
+    """A trainer whose rank 1 alone meets a non-finite loss at one step, as a bad stretch of its rows would give."""
+
+    bad_step = 5
+
+    def _train_step(self) -> float | None:
+        with ExitStack() as stack:
+            if self.distributed.rank == 1 and self.step + 1 == self.bad_step:
+                hook = self.model.register_forward_hook(lambda module, args, output: (output[0] * float("nan"), output[1]))
+                stack.callback(hook.remove)
+            return super()._train_step()
+
+
+def _record(out: Path, name: str, rank: int, **facts) -> None:
+    (out / "outcomes").mkdir(exist_ok=True)
+    (out / "outcomes" / f"{name}-{rank}.json").write_text(json.dumps(facts))
+
+
+def _outcomes(out: Path, name: str) -> list[dict]:
+    return [json.loads((out / "outcomes" / f"{name}-{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+
+
+def _rank_main(rank: int, ports: list[int], corpus_file: Path, out: Path) -> None:
+    """One rank, through runs that each start a process group of their own (as separate torchrun launches do):
+    a run that rank 1 alone is asked to stop midway; the whole run through the CLI; the same run stopped by
+    Ctrl-C and resumed on two ranks; runs whose rank 1 alone meets a non-finite loss; and last (so that a
+    rank left waiting fails the fixture's deadline) a new run that rank 0 refuses."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(ports[0]), TORCHELASTIC_RUN_ID="test")
     torch.set_num_threads(1)
     corpus = Corpus.from_file(corpus_file)
     config = ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL)
@@ -98,18 +140,51 @@ def _rank_main(rank: int, port: int, corpus_file: Path, out: Path) -> None:
     assert result.stopped_early and result.steps == STEPS // 2, "every rank stops at the step one rank was asked to"
     cli.main(["train", str(corpus_file), *CLI_ARGS, "--out", str(out), "--name", "cli"])
 
+    os.environ["MASTER_PORT"] = str(ports[1])
+    if rank == 0:
+        console.ConsoleTrainReporter = CtrlCAt
+    outcome = main_outcome("train", str(corpus_file), *CLI_ARGS, "--out", str(out), "--name", "interrupted")
+    _record(out, "interrupted", rank, **asdict(outcome))
+    if rank == 0:
+        shutil.copytree(out / "interrupted", out / "interrupted-copy")  # to resume on one process later
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    os.environ["MASTER_PORT"] = str(ports[2])
+    outcome = main_outcome("train", "--resume", str(out / "interrupted"))
+    _record(out, "resumed", rank, **asdict(outcome))
+
+    os.environ["MASTER_PORT"] = str(ports[3])
+    context = DistributedContext.from_env()
+    skipping = NonFiniteOnRankOneAt(corpus, config, tiny_train_config(steps=STEPS, on_nan="skip"), out / "skipping",
+                                    distributed=context)
+    result = skipping.train()
+    weights = b"".join(tensor.numpy().tobytes() for tensor in skipping.model.state_dict().values())
+    _record(out, "skipping", rank, skipped=result.skipped_batches, steps=result.steps,
+            weights=hashlib.sha256(weights).hexdigest())
+    try:
+        NonFiniteOnRankOneAt(corpus, config, tiny_train_config(steps=STEPS), out / "diverging", distributed=context).train()
+        _record(out, "diverging", rank, error=None)
+    except CharlstmError as error:
+        _record(out, "diverging", rank, error=str(error))
+    context.close()
+
+    os.environ["MASTER_PORT"] = str(ports[4])
+    outcome = main_outcome("train", str(corpus_file), *CLI_ARGS, "--out", str(out), "--name", "cli")
+    _record(out, "refused", rank, **asdict(outcome))
+
+
+def _free_ports(count: int) -> list[int]:
+    with ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 @pytest.fixture(scope="module")
 def two_rank_runs(tmp_path_factory: pytest.TempPathFactory, tiny_corpus_file: Path) -> Path:
     """Runs trained by two gloo processes on this CPU, as torchrun would start them."""
     out = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(_rank_main, args=(_free_port(), tiny_corpus_file, out), nprocs=WORLD_SIZE,
+    context = mp.start_processes(_rank_main, args=(_free_ports(5), tiny_corpus_file, out), nprocs=WORLD_SIZE,
                                  join=False, start_method="spawn")
     deadline = time.monotonic() + 120  # a rank stuck in a collective must fail the test, not hang the suite
     while not context.join(timeout=max(0.1, deadline - time.monotonic())):  # returns as each rank ends
@@ -159,3 +234,50 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_as_if_never_stopped(two_rank_r
     Trainer(corpus, config, tiny_train_config(steps=STEPS), uninterrupted).train()
     _assert_same_weights(stopped, uninterrupted)
     assert json.loads((stopped / "last" / "config.json").read_text())["metrics"]["step"] == STEPS
+
+
+def test_one_ctrl_c_delivered_twice_under_torchrun_stops_every_rank_once_and_saves(two_rank_runs):
+    """A terminal's Ctrl-C reaches each worker directly and again through torchrun: that is one stop, not two."""
+    rank_zero, rank_one = _outcomes(two_rank_runs, "interrupted")
+    assert rank_zero["code"] == rank_one["code"] == 130, rank_zero["stderr"] + rank_one["stderr"]
+    assert rank_zero["stderr"].count("stopping after this step and saving the run") == 1
+    assert f"resume it with: charlstm train --resume {two_rank_runs / 'interrupted'}" in rank_zero["stderr"]
+    assert rank_one["stderr"] == "", "only rank 0 speaks"
+    stopped_at = load_training_state(two_rank_runs / "interrupted-copy" / "last")["step"]
+    assert stopped_at in (CtrlCAt.step_to_stop, CtrlCAt.step_to_stop + 1), "the stop is taken in at a step boundary"
+    assert f"stopped at step {stopped_at};" in rank_zero["stderr"]
+
+
+def test_a_run_stopped_on_two_ranks_resumes_on_two_through_the_cli_as_if_never_stopped(two_rank_runs):
+    assert [outcome["code"] for outcome in _outcomes(two_rank_runs, "resumed")] == [0, 0]
+    stopped_at = load_training_state(two_rank_runs / "interrupted-copy" / "last")["step"]
+    assert f"resumed  from step {stopped_at}" in _outcomes(two_rank_runs, "resumed")[0]["stderr"]
+    _assert_same_weights(two_rank_runs / "interrupted", two_rank_runs / "cli")
+    resumed, uninterrupted = read_evaluations(two_rank_runs / "interrupted"), read_evaluations(two_rank_runs / "cli")
+    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted]
+    assert [r["val_loss"] for r in resumed] == pytest.approx([r["val_loss"] for r in uninterrupted], rel=1e-5)
+
+
+def test_a_run_stopped_on_two_ranks_resumes_on_one_through_the_cli_as_if_never_stopped(two_rank_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_rank_runs / "interrupted-copy", run)
+    resumed = main_outcome("train", "--resume", str(run))
+    assert resumed.code == 0, resumed.stderr
+    _assert_same_weights(run, two_rank_runs / "cli")
+
+
+def test_a_non_finite_loss_on_one_rank_is_skipped_or_stopped_on_every_rank(two_rank_runs):
+    skipping = _outcomes(two_rank_runs, "skipping")
+    assert [(o["skipped"], o["steps"]) for o in skipping] == [(1, STEPS)] * 2
+    assert skipping[0]["weights"] == skipping[1]["weights"], "the ranks took the same updates"
+    rank_zero, rank_one = (o["error"] for o in _outcomes(two_rank_runs, "diverging"))
+    assert rank_zero == rank_one, "every rank stops with the same message"
+    assert rank_zero.startswith("training diverged at step 5: the loss is nan; the weights were not updated and "
+                                "the last good checkpoint (step 3) is kept")
+
+
+def test_a_refusal_on_rank_zero_stops_every_rank_with_the_same_error(two_rank_runs):
+    """Rank 0 alone checks the run directory; rank 1 must hear the refusal, not wait for a step that never comes."""
+    rank_zero, rank_one = (CliOutcome(**outcome) for outcome in _outcomes(two_rank_runs, "refused"))
+    assert rank_zero.error_line == rank_one.error_line
+    assert "already holds a trained run; continue it with --resume" in rank_zero.error_line

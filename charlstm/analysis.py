@@ -219,7 +219,7 @@ def next_char_log_probs(model: CharLSTM, ids: np.ndarray) -> torch.Tensor:
 def surprisal(loaded: LoadedModel, text: str) -> Surprisal:
     """How surprised the model is by each character of ``text``.
 
-    The model first reads its start character (a newline when it knows one), as it does before
+    The model first reads its lead-in (two newlines when it knows one), as it does before
     sampling, so the first character of ``text`` is scored too.
     """
     if not text:
@@ -227,8 +227,8 @@ def surprisal(loaded: LoadedModel, text: str) -> Surprisal:
     ids, known, unknown = known_ids(loaded.vocab, text)
     if len(ids) == 0:
         raise CharlstmError("none of the text's characters is in the model's vocabulary; nothing to score")
-    start_id = loaded.vocab.index(Generator(loaded.model, loaded.vocab).start_char)
-    log_probs = next_char_log_probs(loaded.model, np.concatenate([[start_id], ids]))
+    lead_in = loaded.vocab.encode(Generator(loaded.model, loaded.vocab).lead_in)
+    log_probs = next_char_log_probs(loaded.model, np.concatenate([lead_in, ids]))[len(lead_in) - 1 :]
     bits = np.full(len(text), np.nan)
     bits[known] = (-log_probs / LN2).cpu().numpy()
     return Surprisal(text=text, bits=bits, unknown=unknown)

@@ -24,7 +24,7 @@ from .distributed import DistributedContext, launched, signals_arrive_twice
 from .errors import CharlstmError
 from .longrange import DemoConfig, run_long_range_demo, score_positions
 from .model import ModelConfig
-from .presets import DEFAULT_TIME_BUDGET, PRESETS, auto_size
+from .presets import DEFAULT_TIME_BUDGET, PRESETS, auto_dropout, auto_size
 from .resume import plan_resume
 from .sample import Generator, SamplingOptions
 from .synth import SYNTH_KINDS, load_positions, make_synth
@@ -180,7 +180,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
         emb_size=pick("emb", preset.emb_size),
         hidden_size=pick("hidden", preset.hidden_size),
         num_layers=pick("layers", preset.num_layers),
-        dropout=pick("dropout", preset.dropout),
+        dropout=pick("dropout", preset.dropout if options["size"] else auto_dropout(options["time_budget"], preset)),
         cell=options["cell"],
     )
     train_config = TrainConfig(

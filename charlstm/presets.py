@@ -41,18 +41,28 @@ def auto_size(time_budget: float | None, corpus_chars: int) -> str:
 
     Short budgets and small corpora get small models: they would neither see
     enough characters to train a large one nor hold enough text to feed it.
-    On tiny Shakespeare a 2x256 model beat 2x384 and 2x512 at one and three
-    minutes, while per epoch 2x512 learns far faster (1.52 against 1.63 after
-    two epochs), so it is the one worth its cost at ten minutes
+    On tiny Shakespeare 2x256 beat 2x384 and 2x512 at one and three minutes,
+    and (with dropout, see :func:`auto_dropout`) still edged out 2x512 at ten
+    (1.494 against 1.503); larger models are for budgets of an hour and more
     (benchmarks/RESULTS.md).
     """
     if corpus_chars < 50_000:
         return "tiny"
-    if corpus_chars < 300_000:
-        return "small"
     budget = time_budget if time_budget is not None else DEFAULT_TIME_BUDGET
-    if budget <= 240:
+    if corpus_chars < 300_000 or budget <= 20 * 60:
         return "small"
-    if budget <= 420:
+    if budget <= 60 * 60:
         return "medium"
     return "large"
+
+
+def auto_dropout(time_budget: float | None, preset: Preset) -> float:
+    """Dropout 0.1 once a run is long enough to read its corpus many times over.
+
+    A four-minute run of 2x256 reads tiny Shakespeare about four times and
+    dropout only slows it; a ten-minute run reads it some seventeen times and
+    overfits without it.
+    """
+    if time_budget is None or time_budget <= 240:
+        return preset.dropout
+    return max(preset.dropout, 0.1)

@@ -356,9 +356,9 @@ class ReplSession:
         self.reset()
         self.check_settings(self.settings)
         # A turn's first run loads lazy modules and builds the kernels' plans: pay for it now, not on the first Enter.
-        start = self.generator.start_char
-        self.unknown_chars(start * 2)
-        for _ in self.generator.stream(start * 2, 2, SamplingOptions(), 1, 0):
+        start = self.generator.lead_in
+        self.unknown_chars(start)
+        for _ in self.generator.stream(start, 2, SamplingOptions(), 1, 0):
             pass
 
     def reset(self) -> None:

@@ -42,9 +42,10 @@ def test_surprisal_is_minus_log2_of_the_next_character_probability(trained_run):
     loaded = load(trained_run)
     text = "The cat sat."
     result = surprisal(loaded, text)
-    state, expected = None, []
-    previous = "\n"
+    expected = []
     with torch.no_grad():
+        _, state = loaded.model(torch.tensor([[loaded.vocab.index("\n")]]), None)  # the lead-in's first newline
+        previous = "\n"
         for char in text:
             logits, state = loaded.model(torch.tensor([[loaded.vocab.index(previous)]]), state)
             probs = torch.softmax(logits[0, -1], dim=-1)

@@ -15,7 +15,7 @@ def generator(trained_run):
 
 def test_temperature_zero_is_argmax_decoding(generator):
     text = generator.generate("The cat", 40, temperature=0.0)[0]
-    ids = generator.encode_prime("The cat")
+    ids = generator.encode_prime(generator.lead_in + "The cat")
     state = None
     expected = []
     with torch.no_grad():

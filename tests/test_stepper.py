@@ -70,11 +70,12 @@ def test_same_seed_same_text_in_either_precision(loaded, precision):
 def test_streamed_top_k_characters_are_among_the_models_k_most_likely(loaded):
     generator = Generator(loaded.model, loaded.vocab, precision="fp32")
     text = generator.generate("The ", 60, temperature=2.0, top_k=2, seed=4)[0]
-    ids = generator.encode_prime("The " + text)
+    lead = len(generator.lead_in)
+    ids = generator.encode_prime(generator.lead_in + "The " + text)
     with torch.no_grad():
         logits, _ = loaded.model(ids.unsqueeze(0))
-    top2 = torch.topk(logits[0, 3:-1], 2, dim=-1).indices
-    assert (top2 == ids[4:].unsqueeze(1)).any(dim=1).all()
+    top2 = torch.topk(logits[0, lead + 3 : -1], 2, dim=-1).indices
+    assert (top2 == ids[lead + 4 :].unsqueeze(1)).any(dim=1).all()
 
 
 def test_last_state_continues_where_the_stream_stopped(loaded):
@@ -100,7 +101,7 @@ def test_other_cells_sample_through_the_model_forward(cell):
     model = CharLSTM(ModelConfig(vocab_size=5, emb_size=4, hidden_size=8, num_layers=2, cell=cell))
     generator = Generator(model, Vocab(list("abcde")), precision="fp32")
     text = generator.generate("ab", 10, temperature=0.0)[0]
-    ids, expected = generator.encode_prime("ab").unsqueeze(0), []
+    ids, expected = generator.encode_prime(generator.lead_in + "ab").unsqueeze(0), []
     with torch.no_grad():
         logits, state = model(ids)
         for _ in range(10):

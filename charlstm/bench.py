@@ -248,44 +248,50 @@ def measure_training(config: BenchConfig, model_config: ModelConfig, precision: 
                          charlstm_rate * flops / peak_rate, bare_rate * flops / peak_rate)
 
 
-def naive_sampling_loop(model: CharLSTM, batch: int, seed: int = 0) -> Callable[[int], None]:
-    """The straightforward way: embedding, one ``nn.LSTM`` step, linear, softmax, ``torch.multinomial``."""
+def naive_sampling_loop(model: CharLSTM, batch: int, seed: int = 0) -> Callable[[int], float]:
+    """The straightforward way: embedding, one ``nn.LSTM`` step, linear, softmax, ``torch.multinomial``.
+
+    The loop returns the seconds its ``length`` steps took.
+    """
     rng = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
-    def run(length: int) -> None:
+    def run(length: int) -> float:
+        start = time.perf_counter()
         ids = torch.zeros(batch, 1, dtype=torch.long)
         state = model.init_state(batch)
         for _ in range(length):
             output, state = model.rnn(model.embedding(ids), state)
             probs = torch.softmax(model.head(output[:, -1]), dim=-1)
             ids = torch.multinomial(probs, 1, generator=rng)
+        return time.perf_counter() - start
 
     return run
 
 
-def charlstm_sampling_loop(generator: Generator, batch: int) -> Callable[[int], None]:
-    """``Generator.stream`` at temperature 1, timed from the first character on (priming is measured apart)."""
+def charlstm_sampling_loop(generator: Generator, batch: int) -> Callable[[int], float]:
+    """``Generator.stream`` at temperature 1, timed from the first character on: the seconds of ``length``
+    steps, each drawing one character per stream (priming is measured apart, by ``measure_first_char``)."""
 
-    def run(length: int) -> None:
+    def run(length: int) -> float:
         stream = generator.stream("", length + 1, SamplingOptions(), num_samples=batch, seed=0)
         next(stream)
+        start = time.perf_counter()
         for _ in stream:
             pass
+        return time.perf_counter() - start
 
     return run
 
 
-def _rates(loops: dict[str, Callable[[int], None]], length: int, rounds: int) -> dict[str, float]:
+def _rates(loops: dict[str, Callable[[int], float]], length: int, rounds: int) -> dict[str, float]:
     """Steps per second of each loop, run in alternating rounds after one short warm-up each."""
     for run in loops.values():
         run(max(2, length // 10))
     seconds = dict.fromkeys(loops, 0.0)
     for _ in range(rounds):
         for name, run in loops.items():
-            start = time.perf_counter()
-            run(length)
-            seconds[name] += time.perf_counter() - start
+            seconds[name] += run(length)
     return {name: rounds * length / spent for name, spent in seconds.items()}
 
 
@@ -323,8 +329,7 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
     sampling = []
     for batch in (1, config.sample_batch):
         on_phase(f"sampling at batch {batch}: Generator against a per-character nn.LSTM loop")
-        length = config.sample_chars if batch == 1 else max(2, config.sample_chars // 4)
-        sampling.append(measure_sampling(model, generator, batch, length, config.rounds))
+        sampling.append(measure_sampling(model, generator, batch, config.sample_chars, config.rounds))
     on_phase(f"first character after a {config.prime_chars}-character prime")
     first_char = measure_first_char(generator, bench_text(config.prime_chars, vocab), config.first_char_tries)
     setup_times = []

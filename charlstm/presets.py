@@ -28,9 +28,9 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(num_layers=1, hidden_size=128, emb_size=32, batch_size=32, seq_len=64, lr=5e-3, dropout=0.0),
-    "small": Preset(num_layers=2, hidden_size=256, emb_size=64, batch_size=32, seq_len=128, lr=6e-3, dropout=0.0),
-    "medium": Preset(num_layers=2, hidden_size=384, emb_size=64, batch_size=32, seq_len=128, lr=5e-3, dropout=0.1),
-    "large": Preset(num_layers=2, hidden_size=512, emb_size=64, batch_size=32, seq_len=128, lr=5e-3, dropout=0.1),
+    "small": Preset(num_layers=2, hidden_size=256, emb_size=64, batch_size=32, seq_len=64, lr=6e-3, dropout=0.0),
+    "medium": Preset(num_layers=2, hidden_size=384, emb_size=64, batch_size=32, seq_len=64, lr=5e-3, dropout=0.1),
+    "large": Preset(num_layers=2, hidden_size=512, emb_size=64, batch_size=32, seq_len=64, lr=5e-3, dropout=0.1),
 }
 
 DEFAULT_TIME_BUDGET = 600.0
@@ -41,15 +41,14 @@ def auto_size(time_budget: float | None, corpus_chars: int) -> str:
 
     Short budgets and small corpora get small models: they would neither see
     enough characters to train a large one nor hold enough text to feed it.
-    On tiny Shakespeare 2x256 beat 2x384 and 2x512 at one and three minutes,
-    and (with dropout, see :func:`auto_dropout`) still edged out 2x512 at ten
-    (1.494 against 1.503); larger models are for budgets of an hour and more
-    (benchmarks/RESULTS.md).
+    On tiny Shakespeare 2x256 leads 2x384 for the first four minutes or so, and
+    2x384 wins a ten-minute run (1.458 against 1.481); larger models are for
+    budgets past an hour (benchmarks/RESULTS.md).
     """
     if corpus_chars < 50_000:
         return "tiny"
     budget = time_budget if time_budget is not None else DEFAULT_TIME_BUDGET
-    if corpus_chars < 300_000 or budget <= 20 * 60:
+    if corpus_chars < 300_000 or budget <= 4 * 60:
         return "small"
     if budget <= 60 * 60:
         return "medium"

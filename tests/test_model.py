@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from charlstm.model import CharLSTM, ModelConfig, detach_state
+from charlstm import model as model_module
+from charlstm.model import CharLSTM, ModelConfig, byte_dropout, detach_state
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -30,3 +31,30 @@ def test_config_round_trips_and_rejects_nonsense():
         ModelConfig(vocab_size=0)
     with pytest.raises(ValueError):
         ModelConfig.from_dict({"vocab_size": 5, "colour": "red"})
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_training_with_dropout_runs_the_stacked_layers_one_by_one_to_the_same_result(cell, monkeypatch):
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(vocab_size=9, emb_size=5, hidden_size=7, num_layers=3, dropout=0.3, cell=cell))
+    ids = torch.randint(0, 9, (4, 6))
+    state = tuple(torch.randn_like(s) for s in model.init_state(4))
+    expected, expected_state = model.eval()(ids, state)
+    monkeypatch.setattr(model_module, "byte_dropout", lambda x, p: x)
+    got, got_state = model.train()(ids, state)
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(got_state, expected_state):
+        torch.testing.assert_close(a, b)
+
+
+def test_byte_dropout_drops_p_of_every_byte_position_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(8, 100_000)
+    dropped = byte_dropout(x, 0.1)
+    zeros = (dropped == 0).float()
+    # Each of a random word's eight bytes masks a different element: all must be fair.
+    per_position = zeros.view(-1, 8).mean(dim=0)
+    assert torch.all((per_position - 26 / 256).abs() < 0.005), per_position
+    assert abs(dropped.mean().item() - 1.0) < 0.01
+    assert torch.allclose(dropped.unique(), torch.tensor([0.0, 256 / 230]))
+    assert torch.equal(byte_dropout(x, 0.001), x)

@@ -3,7 +3,8 @@
 Drives the REPL's own code path, ``Repl.handle`` (the call a typed line goes
 through: unknown-character check, ``ReplSession.start_turn``, the Ctrl-C guard,
 ``Turn`` iteration over ``Generator.stream``, the terminal view writing colour
-codes), on a model of the default shape: LSTM 3x512, embedding 128, a
+codes), on a model of the shape a default ten-minute run trains on a
+tiny-Shakespeare-sized corpus (``charlstm bench``'s default), with a
 65-character vocabulary. The model is untrained: speed does not depend on the
 weights. The clock starts when ``handle`` is called and stops when the view is
 handed the first character.
@@ -31,7 +32,9 @@ from rich.console import Console
 from charlstm.checkpoint import LoadedModel
 from charlstm.console import ReplView
 from charlstm.corpus import Vocab
+from charlstm.bench import default_size
 from charlstm.model import CharLSTM, ModelConfig
+from charlstm.presets import PRESETS
 from charlstm.repl import PipedLines, Repl, ReplSession, ReplSettings
 
 # The 65 characters of a typical English play corpus: letters, digits' stand-in, punctuation, space, newline.
@@ -94,9 +97,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = CharLSTM(ModelConfig(vocab_size=len(VOCAB)))
+    preset = PRESETS[default_size()]
+    model = CharLSTM(ModelConfig(vocab_size=len(VOCAB), emb_size=preset.emb_size, hidden_size=preset.hidden_size,
+                                 num_layers=preset.num_layers))
     loaded = LoadedModel(model=model, vocab=VOCAB, config={}, path=Path("untrained/best"))
-    print(f"model: LSTM 3x512, embedding 128, {len(VOCAB)} characters, {model.num_parameters():,} parameters; "
+    print(f"model: LSTM {preset.num_layers}x{preset.hidden_size}, embedding {preset.emb_size}, {len(VOCAB)} characters, {model.num_parameters():,} parameters; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.length} chars per turn")
 
     started = time.perf_counter()

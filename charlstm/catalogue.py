@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import shutil
+import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -28,7 +29,14 @@ from . import __version__
 from .errors import CorpusError
 
 CATALOGUE_ENV = "CHARLSTM_CATALOGUE"
-DEFAULT_CATALOGUE = Path(__file__).resolve().parent.parent / "corpora" / "catalogue.json"
+SOURCE_CATALOGUE = Path(__file__).resolve().parent.parent / "corpora" / "catalogue.json"
+INSTALLED_CATALOGUE = Path(sys.prefix) / "share" / "charlstm" / "corpora" / "catalogue.json"
+
+
+def default_catalogue() -> Path:
+    """``corpora/catalogue.json`` of a source checkout (or editable install), else the copy a wheel
+    installs under ``<prefix>/share/charlstm`` (pyproject's data-files): a wheel holds no ``corpora/``."""
+    return SOURCE_CATALOGUE if SOURCE_CATALOGUE.is_file() else INSTALLED_CATALOGUE
 _BLOCK = 1 << 16
 
 Unpack = Literal["none", "zip", "gzip"]
@@ -56,7 +64,7 @@ _REQUIRED = ("name", "description", "url", "size", "sha256", "sha256_source", "l
 
 def load_catalogue(path: Path | None = None) -> list[CatalogueEntry]:
     """The entries of ``path``, or of ``$CHARLSTM_CATALOGUE``, or of the catalogue shipped in ``corpora/``."""
-    path = Path(path or os.environ.get(CATALOGUE_ENV) or DEFAULT_CATALOGUE)
+    path = Path(path or os.environ.get(CATALOGUE_ENV) or default_catalogue())
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -180,3 +180,28 @@ def test_an_interrupted_command_line_download_resumes(tmp_path, run_main):
     assert second.returncode == 0, second.stderr
     assert "resuming plain from byte 10,000" in second.stderr
     assert (tmp_path / "corpora" / "plain.txt").read_bytes() == TEXT
+
+
+def test_a_wheel_carries_the_catalogue_and_an_install_finds_it(tmp_path, monkeypatch):
+    """A wheel has no corpora/ folder: the catalogue travels as data-files under <prefix>/share/charlstm."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from charlstm import catalogue
+
+    root = Path(catalogue.__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("charlstm-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (member,) = [name for name in archive.namelist() if name.endswith("/share/charlstm/corpora/catalogue.json")]
+        assert ".data/data/" in member
+        assert archive.read(member) == (root / "corpora" / "catalogue.json").read_bytes()
+    installed = tmp_path / "prefix" / "share" / "charlstm" / "corpora" / "catalogue.json"
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes((root / "corpora" / "catalogue.json").read_bytes())
+    monkeypatch.setattr(catalogue, "SOURCE_CATALOGUE", tmp_path / "no-checkout" / "catalogue.json")
+    monkeypatch.setattr(catalogue, "INSTALLED_CATALOGUE", installed)
+    monkeypatch.delenv(catalogue.CATALOGUE_ENV, raising=False)
+    assert {entry.name for entry in load_catalogue()} >= {"tinyshakespeare", "warpeace"}

@@ -48,7 +48,7 @@ class BenchConfig:
     size: str
     steps: int = 8
     precision: Precision = "auto"
-    rounds: int = 2
+    rounds: int = 4
     sample_chars: int = 240
     sample_batch: int = 32
     prime_chars: int = 200

@@ -63,7 +63,7 @@ _REQUIRED = ("name", "description", "url", "size", "sha256", "sha256_source", "l
 
 
 def load_catalogue(path: Path | None = None) -> list[CatalogueEntry]:
-    """The entries of ``path``, or of ``$CHARLSTM_CATALOGUE``, or of the catalogue shipped in ``corpora/``."""
+    """The entries of ``path``, or of ``$CHARLSTM_CATALOGUE``, or of the shipped catalogue (:func:`default_catalogue`)."""
     path = Path(path or os.environ.get(CATALOGUE_ENV) or default_catalogue())
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

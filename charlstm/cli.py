@@ -273,7 +273,7 @@ def _run_stem(corpus: tuple[str, ...]) -> str:
 
 @cli.group()
 @click.option("--catalogue", type=click.Path(dir_okay=False, path_type=Path), envvar="CHARLSTM_CATALOGUE",
-              help="Catalogue file to use instead of the one in corpora/ (env: CHARLSTM_CATALOGUE).")
+              help="Catalogue file to use instead of the shipped corpora/catalogue.json (env: CHARLSTM_CATALOGUE).")
 @click.pass_context
 def corpus(ctx: click.Context, catalogue: Path | None) -> None:
     """Known corpora: list them, download one, look inside any text, or generate a synthetic one."""

@@ -58,9 +58,10 @@ def auto_size(time_budget: float | None, corpus_chars: int) -> str:
 def auto_dropout(time_budget: float | None, preset: Preset) -> float:
     """Dropout 0.1 once a run is long enough to read its corpus many times over.
 
-    A four-minute run of 2x256 reads tiny Shakespeare about four times and
-    dropout only slows it; a ten-minute run reads it some seventeen times and
-    overfits without it.
+    Three minutes of 2x256 read tiny Shakespeare about five times, and dropout
+    only slows them; ten minutes of it read it eighteen times and overfit
+    without it (benchmarks/RESULTS.md). Past four minutes only small corpora
+    still get the tiny and small presets, which is where this matters.
     """
     if time_budget is None or time_budget <= 240:
         return preset.dropout

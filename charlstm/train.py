@@ -83,12 +83,12 @@ class TrainConfig:
     a ten-minute run decays to its floor at ten minutes.
     """
 
-    batch_size: int = 64
-    seq_len: int = 128
+    batch_size: int = 32  # batch shape and lr: the ``medium`` preset's, as ModelConfig's shape
+    seq_len: int = 64
     steps: int | None = None
     epochs: float | None = None
     time_budget: float | None = None
-    lr: float = 2e-3
+    lr: float = 5e-3
     min_lr_ratio: float = 0.02
     warmup_steps: int = 50
     weight_decay: float = 0.01

@@ -18,3 +18,13 @@ def test_long_runs_get_dropout_short_runs_do_not():
     assert auto_dropout(180, PRESETS["small"]) == 0.0
     assert auto_dropout(600, PRESETS["small"]) == 0.1
     assert auto_dropout(None, PRESETS["medium"]) == PRESETS["medium"].dropout
+
+
+def test_the_python_api_defaults_are_the_preset_a_default_ten_minute_run_picks():
+    from charlstm import ModelConfig, TrainConfig
+
+    preset = PRESETS[auto_size(600, SHAKESPEARE_CHARS)]
+    model, train = ModelConfig(vocab_size=65), TrainConfig(steps=1)
+    assert (model.num_layers, model.hidden_size, model.emb_size, model.dropout) == (
+        preset.num_layers, preset.hidden_size, preset.emb_size, preset.dropout)
+    assert (train.batch_size, train.seq_len, train.lr) == (preset.batch_size, preset.seq_len, preset.lr)

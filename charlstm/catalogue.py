@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+import sysconfig
 import urllib.error
 import urllib.request
 import zipfile
@@ -30,13 +31,26 @@ from .errors import CorpusError
 
 CATALOGUE_ENV = "CHARLSTM_CATALOGUE"
 SOURCE_CATALOGUE = Path(__file__).resolve().parent.parent / "corpora" / "catalogue.json"
-INSTALLED_CATALOGUE = Path(sys.prefix) / "share" / "charlstm" / "corpora" / "catalogue.json"
+INSTALLED_CATALOGUE = Path("share") / "charlstm" / "corpora" / "catalogue.json"
+"""Where a wheel puts the catalogue (pyproject's data-files), under its install scheme's data root."""
+
+
+def installed_catalogues() -> list[Path]:
+    """Where an installed wheel's catalogue can be: the data root of this interpreter's default
+    install scheme (a venv's prefix, /usr/local on Debian's Python) and of the user scheme (``--user``)."""
+    roots = [Path(sys.prefix), Path(sysconfig.get_path("data"))]
+    user_scheme = f"{os.name}_user"
+    if user_scheme in sysconfig.get_scheme_names():
+        roots.append(Path(sysconfig.get_path("data", user_scheme)))
+    return list(dict.fromkeys(root / INSTALLED_CATALOGUE for root in roots))
 
 
 def default_catalogue() -> Path:
     """``corpora/catalogue.json`` of a source checkout (or editable install), else the copy a wheel
-    installs under ``<prefix>/share/charlstm`` (pyproject's data-files): a wheel holds no ``corpora/``."""
-    return SOURCE_CATALOGUE if SOURCE_CATALOGUE.is_file() else INSTALLED_CATALOGUE
+    installed (a wheel holds no ``corpora/``), else the source path, for the error to name."""
+    if SOURCE_CATALOGUE.is_file():
+        return SOURCE_CATALOGUE
+    return next((path for path in installed_catalogues() if path.is_file()), SOURCE_CATALOGUE)
 _BLOCK = 1 << 16
 
 Unpack = Literal["none", "zip", "gzip"]

@@ -140,16 +140,17 @@ def byte_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
     PyTorch's CPU dropout draws a 32-bit number per element, which costs more
     than the LSTM layer's own arithmetic at small sizes; a byte is plenty for
-    a mask. The probability is rounded to a multiple of 1/256 (0.1 -> 26/256).
+    a mask. The probability is rounded to a multiple of 1/256 (0.1 -> 26/256),
+    at most 255/256. The kept values are scaled after masking, so a bf16 ``x``
+    is not scaled by a bf16-rounded factor (256/230 would become 1.109).
     """
-    threshold = round(p * 256)
+    threshold = min(round(p * 256), 255)
     if threshold == 0:
         return x
     count = x.numel()
     words = torch.randint(-(2**63), 2**63 - 1, ((count + 7) // 8,), dtype=torch.int64, device=x.device)
     random_bytes = words.view(torch.uint8)[:count].view(x.shape)
-    mask = (random_bytes >= threshold).to(x.dtype).mul_(256 / (256 - threshold))
-    return x * mask
+    return (x * (random_bytes >= threshold)).mul_(256 / (256 - threshold))
 
 
 _LAYER_FUNCTIONS = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh}

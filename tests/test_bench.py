@@ -38,7 +38,8 @@ def test_bench_table_shows_each_charlstm_figure_beside_plain_pytorch(monkeypatch
     from charlstm.bench import BenchResult, MatmulPeak, MemoryBound, SamplingSpeed, TrainingSpeed
 
     result = BenchResult(
-        size="large", model=ModelConfig(vocab_size=65).to_dict(), parameters=5_560_000, batch_size=64, seq_len=128,
+        size="large", model=ModelConfig(vocab_size=65, emb_size=128, hidden_size=512, num_layers=3).to_dict(),
+        parameters=5_560_000, batch_size=64, seq_len=128,
         precision="bf16", threads=2,
         train=TrainingSpeed(9_800.0, 10_000.0, 0.98, 33.2e6, 0.41, 0.42),
         peak=MatmulPeak(2048, 100e9, 200e9),

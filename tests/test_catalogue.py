@@ -183,25 +183,34 @@ def test_an_interrupted_command_line_download_resumes(tmp_path, run_main):
 
 
 def test_a_wheel_carries_the_catalogue_and_an_install_finds_it(tmp_path, monkeypatch):
-    """A wheel has no corpora/ folder: the catalogue travels as data-files under <prefix>/share/charlstm."""
+    """A wheel has no corpora/ folder: the catalogue travels as data-files under <scheme data>/share/charlstm."""
+    import shutil
     import subprocess
     import sys
+    import sysconfig
     from pathlib import Path
 
     from charlstm import catalogue
 
     root = Path(catalogue.__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(root / "charlstm", source / "charlstm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "corpora", source / "corpora")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
                    check=True, capture_output=True)
-    (wheel,) = tmp_path.glob("charlstm-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        (member,) = [name for name in archive.namelist() if name.endswith("/share/charlstm/corpora/catalogue.json")]
-        assert ".data/data/" in member
-        assert archive.read(member) == (root / "corpora" / "catalogue.json").read_bytes()
-    installed = tmp_path / "prefix" / "share" / "charlstm" / "corpora" / "catalogue.json"
-    installed.parent.mkdir(parents=True)
-    installed.write_bytes((root / "corpora" / "catalogue.json").read_bytes())
+    (wheel,) = (tmp_path / "dist").glob("charlstm-*.whl")
+    prefix = tmp_path / "prefix"  # --ignore-installed: never uninstall the charlstm that runs these tests
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--ignore-installed", "--prefix", str(prefix), str(wheel)],
+                   check=True, capture_output=True)
+    installed = prefix / "share" / "charlstm" / "corpora" / "catalogue.json"
+    assert installed.read_bytes() == (root / "corpora" / "catalogue.json").read_bytes()
+    assert Path(sysconfig.get_path("data")) / catalogue.INSTALLED_CATALOGUE in catalogue.installed_catalogues()
+
     monkeypatch.setattr(catalogue, "SOURCE_CATALOGUE", tmp_path / "no-checkout" / "catalogue.json")
-    monkeypatch.setattr(catalogue, "INSTALLED_CATALOGUE", installed)
+    monkeypatch.setattr(sys, "prefix", str(prefix))
     monkeypatch.delenv(catalogue.CATALOGUE_ENV, raising=False)
+    assert catalogue.default_catalogue() == installed
     assert {entry.name for entry in load_catalogue()} >= {"tinyshakespeare", "warpeace"}

@@ -47,6 +47,19 @@ def test_training_with_dropout_runs_the_stacked_layers_one_by_one_to_the_same_re
         torch.testing.assert_close(a, b)
 
 
+def test_training_drops_between_every_pair_of_layers_and_before_the_head(monkeypatch):
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(vocab_size=9, emb_size=5, hidden_size=7, num_layers=3, dropout=0.3)).train()
+    seen = []
+    real = model_module.byte_dropout
+    monkeypatch.setattr(model_module, "byte_dropout", lambda x, p: seen.append((tuple(x.shape), p)) or real(x, p))
+    model(torch.randint(0, 9, (4, 6)))
+    assert seen == [((4, 6, 7), 0.3)] * 3
+    seen.clear()
+    model.eval()(torch.randint(0, 9, (4, 6)))
+    assert seen == []
+
+
 def test_byte_dropout_drops_p_of_every_byte_position_and_keeps_the_mean():
     torch.manual_seed(0)
     x = torch.ones(8, 100_000)
@@ -58,3 +71,8 @@ def test_byte_dropout_drops_p_of_every_byte_position_and_keeps_the_mean():
     assert abs(dropped.mean().item() - 1.0) < 0.01
     assert torch.allclose(dropped.unique(), torch.tensor([0.0, 256 / 230]))
     assert torch.equal(byte_dropout(x, 0.001), x)
+    assert byte_dropout(x, 0.9999).count_nonzero() < x.numel() // 100  # p near 1 rounds to 255/256
+    # bf16 activations: no systematic shrink from a bf16-rounded scale (256/230 -> 1.109 would be -0.33%).
+    activations = (torch.rand(8, 100_000) + 1.0).to(torch.bfloat16)
+    ratio = byte_dropout(activations, 0.1).double().mean() / activations.double().mean()
+    assert abs(ratio.item() - 1.0) < 0.0015

@@ -33,7 +33,7 @@ from charlstm.checkpoint import LoadedModel
 from charlstm.console import ReplView
 from charlstm.corpus import Vocab
 from charlstm.bench import default_size
-from charlstm.model import CharLSTM, ModelConfig
+from charlstm.model import CharLSTM
 from charlstm.presets import PRESETS
 from charlstm.repl import PipedLines, Repl, ReplSession, ReplSettings
 
@@ -98,8 +98,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     preset = PRESETS[default_size()]
-    model = CharLSTM(ModelConfig(vocab_size=len(VOCAB), emb_size=preset.emb_size, hidden_size=preset.hidden_size,
-                                 num_layers=preset.num_layers))
+    model = CharLSTM(preset.model_config(len(VOCAB)))
     loaded = LoadedModel(model=model, vocab=VOCAB, config={}, path=Path("untrained/best"))
     print(f"model: LSTM {preset.num_layers}x{preset.hidden_size}, embedding {preset.emb_size}, {len(VOCAB)} characters, {model.num_parameters():,} parameters; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.length} chars per turn")

@@ -315,8 +315,7 @@ def measure_first_char(generator: Generator, prime: str, tries: int) -> float:
 def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phase: None) -> BenchResult:
     """Everything ``charlstm bench`` shows, measured now on this machine's CPU."""
     preset = PRESETS[config.size]
-    model_config = ModelConfig(vocab_size=BENCH_VOCAB_SIZE, emb_size=preset.emb_size, hidden_size=preset.hidden_size,
-                               num_layers=preset.num_layers, dropout=preset.dropout)
+    model_config = preset.model_config(BENCH_VOCAB_SIZE)
     precision = resolve_precision(config.precision, torch.device("cpu"))
     on_phase("matrix-product peak")
     peak = measure_matmul_peak(config.matmul_size)

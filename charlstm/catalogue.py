@@ -51,6 +51,8 @@ def default_catalogue() -> Path:
     if SOURCE_CATALOGUE.is_file():
         return SOURCE_CATALOGUE
     return next((path for path in installed_catalogues() if path.is_file()), SOURCE_CATALOGUE)
+
+
 _BLOCK = 1 << 16
 
 Unpack = Literal["none", "zip", "gzip"]

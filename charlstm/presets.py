@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .model import ModelConfig
+
 SizeName = Literal["tiny", "small", "medium", "large"]
 
 
@@ -24,6 +26,10 @@ class Preset:
     seq_len: int
     lr: float
     dropout: float
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """This preset's model shape for a vocabulary of ``vocab_size`` characters."""
+        return ModelConfig(vocab_size, self.emb_size, self.hidden_size, self.num_layers, self.dropout)
 
 
 PRESETS: dict[str, Preset] = {

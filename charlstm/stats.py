@@ -16,7 +16,7 @@ import torch
 
 from .corpus import TextOptions, Vocab, char_counts
 from .errors import CorpusError
-from .model import CharLSTM, ModelConfig
+from .model import CharLSTM
 from .presets import PRESETS
 from .sources import SkippedFile, why_not_text, resolve_sources
 
@@ -61,10 +61,8 @@ class CorpusStats:
 def _parameters(vocab_size: int) -> dict[str, int]:
     with torch.device("meta"):
         return {
-            name: CharLSTM(
-                ModelConfig(vocab_size, p.emb_size, p.hidden_size, p.num_layers, p.dropout)
-            ).num_parameters()
-            for name, p in PRESETS.items()
+            name: CharLSTM(preset.model_config(vocab_size)).num_parameters()
+            for name, preset in PRESETS.items()
         }
 
 

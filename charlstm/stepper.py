@@ -13,9 +13,9 @@ each layer is one fused step instead:
 - no ``tanh`` at all: on this CPU it costs five times a ``sigmoid`` per element
   (33 against 7 µs for a 32 x 384 block), so both tanh's are taken as
   ``tanh(x) = 2 sigmoid(2x) - 1``. The cell gate's weights are doubled when the
-  stepper is made, one in-place ``sigmoid_`` then covers all four gates, and the
-  ``2s - 1`` folds into the cell update; ``tanh(c)`` is the same four
-  in-place operations on a buffer; all in place;
+  stepper is made, one in-place ``sigmoid_`` then covers all four gates, the
+  ``2s - 1`` folds into the in-place cell update, and ``tanh(c)`` is four
+  in-place operations on one buffer;
 - in bf16 the weights are converted (and, where oneDNN is there, pre-packed)
   once, halving the bytes each step streams; the cell state, the gate
   arithmetic and the output layer stay in fp32.

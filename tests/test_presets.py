@@ -25,6 +25,5 @@ def test_the_python_api_defaults_are_the_preset_a_default_ten_minute_run_picks()
 
     preset = PRESETS[auto_size(600, SHAKESPEARE_CHARS)]
     model, train = ModelConfig(vocab_size=65), TrainConfig(steps=1)
-    assert (model.num_layers, model.hidden_size, model.emb_size, model.dropout) == (
-        preset.num_layers, preset.hidden_size, preset.emb_size, preset.dropout)
+    assert model == preset.model_config(65)
     assert (train.batch_size, train.seq_len, train.lr) == (preset.batch_size, preset.seq_len, preset.lr)

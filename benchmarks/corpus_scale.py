@@ -74,7 +74,7 @@ def build_corpus(source: Path, target: Path, megabytes: float) -> int:
 
 
 def in_process_rates(path: Path) -> dict[str, float]:
-    from charlstm.corpus import Vocab, char_counts, prepare_text, sha256_hex
+    from charlstm.data.corpus import Vocab, char_counts, prepare_text, sha256_hex
 
     size = path.stat().st_size
     started = time.perf_counter()

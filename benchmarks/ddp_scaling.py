@@ -25,7 +25,7 @@ import torch
 import torch.multiprocessing as mp
 
 from charlstm import Corpus, ModelConfig, TrainConfig, Trainer
-from charlstm.distributed import launched
+from charlstm.training.distributed import launched
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,13 @@ from typing import Sequence
 import torch
 from rich.console import Console
 
-from charlstm.checkpoint import LoadedModel
-from charlstm.console import ReplView
-from charlstm.corpus import Vocab
-from charlstm.bench import default_size
-from charlstm.model import CharLSTM
-from charlstm.presets import PRESETS
-from charlstm.repl import PipedLines, Repl, ReplSession, ReplSettings
+from charlstm.analysis.bench import default_size
+from charlstm.data.corpus import Vocab
+from charlstm.interface.repl import PipedLines, Repl, ReplSession, ReplSettings
+from charlstm.interface.terminal import ReplView
+from charlstm.model.network import CharLSTM
+from charlstm.training.checkpoint import LoadedModel
+from charlstm.training.presets import PRESETS
 
 # The 65 characters of a typical English play corpus: letters, digits' stand-in, punctuation, space, newline.
 VOCAB = Vocab(sorted(set(string.ascii_letters + " \n!$&',-.3:;?")))

@@ -22,8 +22,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from charlstm.model import CharLSTM, ModelConfig
-from charlstm.stepper import LSTMStepper, bf16_linear
+from charlstm.model.config import ModelConfig
+from charlstm.model.network import CharLSTM
+from charlstm.model.stepper import LSTMStepper, bf16_linear
 
 
 def compare(kernels: dict[str, Callable[[], object]], rounds: int = 12, calls: int = 40) -> None:

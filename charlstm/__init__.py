@@ -1,26 +1,41 @@
-"""charlstm: train a character-level LSTM on any text, sample from it, see what it learned."""
+"""charlstm: train a character-level LSTM on any text, sample from it, see what it learned.
 
-__version__ = "0.1.0"
+The public API is imported on first use, so that ``charlstm --help`` and ``charlstm --version``
+answer without loading torch.
+"""
 
-from .checkpoint import LoadedModel, load
-from .corpus import Corpus, TextOptions, Vocab
-from .errors import CharlstmError
-from .model import CharLSTM, ModelConfig
-from .sample import Generator, SamplingOptions
-from .train import TrainConfig, Trainer
+from __future__ import annotations
 
-__all__ = [
-    "CharLSTM",
-    "CharlstmError",
-    "Corpus",
-    "Generator",
-    "LoadedModel",
-    "ModelConfig",
-    "SamplingOptions",
-    "TextOptions",
-    "TrainConfig",
-    "Trainer",
-    "Vocab",
-    "__version__",
-    "load",
-]
+import importlib
+from typing import Any
+
+from .base.version import __version__ as __version__
+
+_PUBLIC = {
+    "CharlstmError": "charlstm.base.errors",
+    "Corpus": "charlstm.data.corpus",
+    "TextOptions": "charlstm.data.corpus",
+    "Vocab": "charlstm.data.corpus",
+    "CharLSTM": "charlstm.model.network",
+    "ModelConfig": "charlstm.model.config",
+    "TrainConfig": "charlstm.training.config",
+    "Trainer": "charlstm.training.trainer",
+    "LoadedModel": "charlstm.training.checkpoint",
+    "load": "charlstm.training.checkpoint",
+    "Generator": "charlstm.generation.generator",
+    "SamplingOptions": "charlstm.generation.generator",
+}
+
+__all__ = sorted([*_PUBLIC, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'charlstm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

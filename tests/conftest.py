@@ -56,7 +56,7 @@ def private_corpus_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
 @pytest.fixture
 def run_main(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
     """Run `charlstm ARGS` in this process (faster than a subprocess); returns (exit code, stdout, stderr)."""
-    from charlstm.cli import main
+    from charlstm.interface.cli import main
 
     def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         monkeypatch.chdir(cwd)
@@ -119,7 +119,7 @@ class CliOutcome:
 
 def main_outcome(*args: str) -> CliOutcome:
     """Run the real entry point, ``cli.main()``, in this process and capture what a user would see."""
-    from charlstm.cli import main
+    from charlstm.interface.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0

@@ -7,10 +7,16 @@ import torch
 from click.testing import CliRunner
 
 from charlstm import load
-from charlstm.analysis import evaluate_text, profile_vocab, split_text, summarize_run, surprisal
-from charlstm.checkpoint import read_evaluations
-from charlstm.cli import cli, main
-from charlstm.views import loss_chart
+from charlstm.analysis.scoring import (
+    evaluate_text,
+    profile_vocab,
+    split_text,
+    summarize_run,
+    surprisal,
+)
+from charlstm.interface.cli import cli, main
+from charlstm.interface.views import loss_chart
+from charlstm.training.checkpoint import read_evaluations
 
 
 def test_eval_of_the_validation_split_matches_the_trainers_evaluation(trained_run, tiny_text):

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charlstm.batches import StreamBatches
-from charlstm.errors import CorpusError
+from charlstm.base.errors import CorpusError
+from charlstm.data.batches import StreamBatches
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,9 +1,9 @@
 import json
 
-from charlstm.bench import training_flops_per_char
-from charlstm.model import ModelConfig
-
 from test_cli import run_cli
+
+from charlstm.analysis.bench import training_flops_per_char
+from charlstm.model.config import ModelConfig
 
 
 def test_training_flops_count_every_gate_product_forward_and_backward():
@@ -34,8 +34,14 @@ def test_bench_runs_end_to_end_and_reports_every_measure_as_json():
 def test_bench_table_shows_each_charlstm_figure_beside_plain_pytorch(monkeypatch):
     from rich.console import Console
 
-    from charlstm import console
-    from charlstm.bench import BenchResult, MatmulPeak, MemoryBound, SamplingSpeed, TrainingSpeed
+    from charlstm.analysis.bench import (
+        BenchResult,
+        MatmulPeak,
+        MemoryBound,
+        SamplingSpeed,
+        TrainingSpeed,
+    )
+    from charlstm.interface import terminal as console
 
     result = BenchResult(
         size="large", model=ModelConfig(vocab_size=65, emb_size=128, hidden_size=512, num_layers=3).to_dict(),

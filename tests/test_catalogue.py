@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from charlstm.catalogue import fetch, find_entry, load_catalogue
-from charlstm.errors import CorpusError
+from charlstm.base.errors import CorpusError
+from charlstm.data.catalogue import fetch, find_entry, load_catalogue
 
 TEXT = ("To be, or not to be, that is the question.\n" * 2000).encode()
 
@@ -190,9 +190,9 @@ def test_a_wheel_carries_the_catalogue_and_an_install_finds_it(tmp_path, monkeyp
     import sysconfig
     from pathlib import Path
 
-    from charlstm import catalogue
+    from charlstm.data import catalogue
 
-    root = Path(catalogue.__file__).resolve().parents[1]
+    root = Path(catalogue.__file__).resolve().parents[2]
     source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
     shutil.copytree(root / "charlstm", source / "charlstm", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(root / "corpora", source / "corpora")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from charlstm import load
-from charlstm.checkpoint import latest_run, resolve_checkpoint
-from charlstm.errors import CheckpointError
+from charlstm.base.errors import CheckpointError
+from charlstm.training.checkpoint import latest_run, resolve_checkpoint
 
 
 def test_save_then_load_gives_identical_logits(trained_run):

@@ -4,7 +4,7 @@ import sys
 
 from click.testing import CliRunner
 
-from charlstm.cli import cli
+from charlstm.interface.cli import cli
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charlstm.corpus import Corpus, TextOptions, Vocab, decode_bytes, read_text
-from charlstm.errors import CorpusError, UnknownCharactersError
+from charlstm.base.errors import CorpusError, UnknownCharactersError
+from charlstm.data.corpus import Corpus, TextOptions, Vocab, decode_bytes, read_text
 
 
 @pytest.mark.parametrize(
@@ -91,8 +91,8 @@ def test_default_corpus_is_python_source():
     assert "def " in corpus.vocab.decode(corpus.ids[:5000])
 
 
-import charlstm.corpus as corpus_module
-from charlstm.corpus import UNKNOWN_CHAR, char_counts, prepare_text
+import charlstm.data.corpus as corpus_module
+from charlstm.data.corpus import UNKNOWN_CHAR, char_counts, prepare_text
 
 
 @settings(max_examples=100, deadline=None)

@@ -17,15 +17,19 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-from charlstm import CharLSTM, Corpus, ModelConfig, Trainer, cli, console, load
-from charlstm.batches import StreamBatches
-from charlstm.checkpoint import load_training_state, read_evaluations, read_metrics
-from charlstm.distributed import DistributedContext
-from charlstm.errors import CharlstmError
-from charlstm.train import evaluation_totals
-
 from conftest import TINY_MODEL, CliOutcome, main_outcome, tiny_train_config
+
+from charlstm import CharLSTM, Corpus, ModelConfig, Trainer, cli, load
+from charlstm.base.errors import CharlstmError
+from charlstm.data.batches import StreamBatches
+from charlstm.interface import terminal as console
+from charlstm.training.checkpoint import (
+    load_training_state,
+    read_evaluations,
+    read_metrics,
+)
+from charlstm.training.distributed import DistributedContext
+from charlstm.training.evaluation import evaluation_totals
 
 WORLD_SIZE = 2
 STEPS = 8

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from charlstm import Corpus, ModelConfig, Trainer, checkpoint, load
-from charlstm.checkpoint import load_training_state, saved_steps
-from charlstm.errors import CharlstmError
-from charlstm.model import CharLSTM
-
 from conftest import TINY_CLI, TINY_MODEL, main_outcome, tiny_train_config
+
+from charlstm import Corpus, ModelConfig, Trainer, load
+from charlstm.base.errors import CharlstmError
+from charlstm.model.network import CharLSTM
+from charlstm.training import checkpoint
+from charlstm.training.checkpoint import load_training_state, saved_steps
 
 
 def train_args(corpus: Path, out: Path, *extra: str) -> tuple[str, ...]:
@@ -58,7 +58,7 @@ def test_disk_full_when_appending_metrics_is_reported_too(tmp_path, tiny_corpus_
     def no_space(run_dir, record):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("charlstm.train.append_metrics", no_space)
+    monkeypatch.setattr("charlstm.training.trainer.append_metrics", no_space)
     line = main_outcome(*train_args(tiny_corpus_file, tmp_path, "--steps", "10", "--eval-every", "5")).final_error_line
     assert "could not write metrics.jsonl at step 5" in line and "no checkpoint had been saved yet; " in line
 

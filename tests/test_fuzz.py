@@ -14,10 +14,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import CliOutcome, main_outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import CliOutcome, main_outcome
 
 # The autouse corpus-cache fixture is function-scoped; sharing it across examples is harmless here.
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

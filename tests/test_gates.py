@@ -3,16 +3,22 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_train_config
 from torch import nn
 
 from charlstm import Corpus, ModelConfig, Trainer, load
-from charlstm.errors import CharlstmError
-from charlstm.gates import (
-    FEATURES, correlations, inside_brackets, inside_quotes, line_position, lstm_equations, saturation,
-    top_units, trace_lstm,
+from charlstm.analysis.gates import (
+    FEATURES,
+    correlations,
+    inside_brackets,
+    inside_quotes,
+    line_position,
+    lstm_equations,
+    saturation,
+    top_units,
+    trace_lstm,
 )
-
-from conftest import tiny_train_config
+from charlstm.base.errors import CharlstmError
 
 
 @pytest.mark.parametrize("layers", [1, 3])

@@ -17,10 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-from charlstm import load
-from charlstm.checkpoint import load_training_state, resolve_resumable, saved_steps
-
 from conftest import TINY_CLI
+
+from charlstm import load
+from charlstm.training.checkpoint import (
+    load_training_state,
+    resolve_resumable,
+    saved_steps,
+)
 
 TIMEOUT = 240.0  # generous: the machine may be shared; a passing run takes seconds
 

@@ -3,8 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from charlstm.longrange import DemoConfig, recall_gradient_norm, score_positions, train_recall_model
-from charlstm.synth import load_positions, make_synth
+from charlstm.analysis.longrange import (
+    DemoConfig,
+    recall_gradient_norm,
+    score_positions,
+    train_recall_model,
+)
+from charlstm.data.synth import load_positions, make_synth
 
 
 def test_recall_marks_the_repeated_key_and_needs_memory_for_it():

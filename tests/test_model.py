@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from charlstm import model as model_module
-from charlstm.model import CharLSTM, ModelConfig, byte_dropout, detach_state
+from charlstm.model import network as model_module
+from charlstm.model.config import ModelConfig
+from charlstm.model.network import CharLSTM, byte_dropout, detach_state
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

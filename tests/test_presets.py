@@ -1,4 +1,4 @@
-from charlstm.presets import PRESETS, auto_dropout, auto_size
+from charlstm.training.presets import PRESETS, auto_dropout, auto_size
 
 SHAKESPEARE_CHARS = 1_000_000
 

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from charlstm import CharLSTM, LoadedModel, ModelConfig, Vocab, load
-from charlstm.console import ReplView
-from charlstm.corpus import UNKNOWN_CHAR
-from charlstm.errors import CharlstmError, UnknownCharactersError
-from charlstm.repl import (
+from charlstm.base.errors import CharlstmError, UnknownCharactersError
+from charlstm.data.corpus import UNKNOWN_CHAR
+from charlstm.interface.repl import (
     Completer,
     PipedLines,
     Repl,
@@ -27,6 +26,7 @@ from charlstm.repl import (
     split_arguments,
     unescape,
 )
+from charlstm.interface.terminal import ReplView
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PROMPT = r"›(?:\x1b\[[0-9;]*m)* "  # the prompt's last mark, whatever colours surround it

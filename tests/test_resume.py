@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CLI, main_outcome
 from safetensors.torch import load_file
 
-from charlstm import console
-from charlstm.checkpoint import load_training_state, read_metrics
-from charlstm.resume import plan_resume
-
-from conftest import TINY_CLI, main_outcome
+from charlstm.interface import terminal as console
+from charlstm.training.checkpoint import load_training_state, read_metrics
+from charlstm.training.resume import plan_resume
 
 
 class SignalAtStep(console.ConsoleTrainReporter):

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from charlstm import Generator, SamplingOptions, load
-from charlstm.errors import CharlstmError, UnknownCharactersError
-from charlstm.sample import pick_next
+from charlstm.base.errors import CharlstmError, UnknownCharactersError
+from charlstm.generation.generator import pick_next
 
 
 @pytest.fixture(scope="module")

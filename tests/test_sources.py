@@ -6,15 +6,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL, make_text, tiny_train_config
 
 from charlstm import ModelConfig, Trainer
-from charlstm.cache import CorpusCache
-from charlstm.corpus import UNKNOWN_CHAR, Corpus, TextOptions
-from charlstm.errors import CorpusError
-from charlstm.sample import Generator
-from charlstm.sources import load_corpus
-
-from conftest import TINY_MODEL, make_text, tiny_train_config
+from charlstm.base.errors import CorpusError
+from charlstm.data.cache import CorpusCache
+from charlstm.data.corpus import UNKNOWN_CHAR, Corpus, TextOptions
+from charlstm.data.sources import load_corpus
+from charlstm.generation.generator import Generator
 
 
 def write(path, data):
@@ -119,7 +118,7 @@ def test_sampling_never_writes_the_unknown_symbol():
     corpus = Corpus.from_text("ab" * 200 + "xyz", min_char_count=2)
     assert UNKNOWN_CHAR in corpus.vocab
     torch.manual_seed(0)
-    from charlstm.model import CharLSTM
+    from charlstm.model.network import CharLSTM
 
     model = CharLSTM(ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL))
     with torch.no_grad():

@@ -1,4 +1,4 @@
-from charlstm.stats import corpus_stats
+from charlstm.analysis.corpus_stats import corpus_stats
 
 
 def test_stats_count_what_the_file_holds(tmp_path):

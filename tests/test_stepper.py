@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from charlstm import CharLSTM, Generator, ModelConfig, SamplingOptions, Vocab, load
-from charlstm.sample import InPlaceDraw, pick_next
-from charlstm.stepper import LSTMStepper
+from charlstm.generation.generator import InPlaceDraw, pick_next
+from charlstm.model.stepper import LSTMStepper
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@ import math
 from collections import Counter
 
 import torch
+from conftest import TINY_MODEL, tiny_train_config
 
 from charlstm import Corpus, ModelConfig, Trainer, load
-from charlstm.checkpoint import read_evaluations, read_metrics
-from charlstm.train import evaluate
-
-from conftest import TINY_MODEL, tiny_train_config
+from charlstm.training.checkpoint import read_evaluations, read_metrics
+from charlstm.training.evaluation import evaluate
 
 
 def unigram_entropy_nats(text: str) -> float:

@@ -14,11 +14,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .corpus import TextOptions, Vocab, char_counts
-from .errors import CorpusError
-from .model import CharLSTM
-from .presets import PRESETS
-from .sources import SkippedFile, why_not_text, resolve_sources
+from ..base.errors import CorpusError
+from ..data.corpus import TextOptions, Vocab, char_counts
+from ..data.sources import SkippedFile, resolve_sources, why_not_text
+from ..model.network import CharLSTM
+from ..training.presets import PRESETS
 
 _ALLOWED_CONTROLS = frozenset("\n\r\t")
 # Memory per corpus byte, beyond the ids, while a corpus is first read and encoded

@@ -18,12 +18,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CONFIG_FILE, LoadedModel, read_config, read_metrics, resolve_checkpoint
-from .corpus import Vocab
-from .errors import CharlstmError, CorpusError
-from .model import CharLSTM
-from .sample import Generator
-from .train import LN2, eval_streams, evaluation_totals
+from ..base.errors import CharlstmError, CorpusError
+from ..base.runtime import LN2
+from ..data.corpus import Vocab
+from ..generation.generator import Generator
+from ..model.network import CharLSTM
+from ..training.checkpoint import (
+    CONFIG_FILE,
+    LoadedModel,
+    read_config,
+    read_metrics,
+    resolve_checkpoint,
+)
+from ..training.evaluation import eval_streams, evaluation_totals
 
 Split = Literal["all", "train", "val"]
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import CharlstmError
+from ..base.errors import CharlstmError
 
 T = TypeVar("T")
 

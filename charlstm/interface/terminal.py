@@ -19,21 +19,27 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.style import Style
 from rich.table import Table
-from tqdm import tqdm
 from rich.text import Text
+from tqdm import tqdm
 
-from .train import EvalStats, RunInfo, StepStats, TrainResult
+from ..training.reporting import EvalStats, RunInfo, StepStats, TrainResult
 
 if TYPE_CHECKING:
-    from .bench import BenchResult
-    from .longrange import DemoRow
-    from .synth import SynthCorpus
-    from .catalogue import CatalogueEntry
-    from .sources import SkippedFile
-    from .stats import CorpusStats
+    from ..analysis.bench import BenchResult
+    from ..analysis.corpus_stats import CorpusStats
+    from ..analysis.longrange import DemoRow
+    from ..data.catalogue import CatalogueEntry
+    from ..data.sources import SkippedFile
+    from ..data.synth import SynthCorpus
     from .repl import ModelInfo
 
 err = Console(stderr=True, highlight=False)

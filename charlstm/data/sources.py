@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+from ..base.errors import CorpusError
 from .cache import CorpusCache, cache_key
 from .corpus import (
     DEFAULT_CORPUS_DESCRIPTION,
@@ -27,7 +28,6 @@ from .corpus import (
     prepare_text,
     sha256_hex,
 )
-from .errors import CorpusError
 
 UndecodablePolicy = Literal["fail", "skip"]
 _GLOB_CHARS = frozenset("*?[")

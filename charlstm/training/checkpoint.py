@@ -19,8 +19,8 @@ import json
 import os
 import re
 import shutil
-from contextlib import contextmanager
 import warnings
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,10 +29,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .corpus import Vocab
-from .errors import CharlstmError, CheckpointError
-from .model import CharLSTM, ModelConfig
+from ..base.errors import CharlstmError, CheckpointError
+from ..base.version import __version__
+from ..data.corpus import Vocab
+from ..model.config import ModelConfig
+from ..model.network import CharLSTM
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .model import ModelConfig
+from ..model.config import ModelConfig
 
 SizeName = Literal["tiny", "small", "medium", "large"]
 

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .corpus import Corpus, Vocab
-from .model import CharLSTM, ModelConfig
-from .synth import RECALL_KEYS, delayed_recall
-from .train import TrainConfig, Trainer
+from ..data.corpus import Corpus, Vocab
+from ..data.synth import RECALL_KEYS, delayed_recall
+from ..model.config import ModelConfig
+from ..model.network import CharLSTM
+from ..training.config import TrainConfig
+from ..training.trainer import Trainer
 
 
 @dataclass

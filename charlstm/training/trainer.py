@@ -10,259 +10,71 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Literal, Protocol, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from . import __version__
-from .batches import StreamBatches
-from .checkpoint import FORMAT_VERSION, append_metrics, prepare_run_dir, saved_steps, write_checkpoint
-from .corpus import Corpus
+from ..base.errors import CharlstmError, CheckpointError, CorpusError
+from ..base.runtime import autocast, resolve_device, resolve_precision
+from ..base.version import __version__
+from ..data.batches import StreamBatches
+from ..data.corpus import Corpus
+from ..model.config import ModelConfig
+from ..model.network import CharLSTM, State, detach_state
+from .checkpoint import (
+    FORMAT_VERSION,
+    append_metrics,
+    prepare_run_dir,
+    saved_steps,
+    write_checkpoint,
+)
+from .config import TrainConfig
 from .distributed import DistributedContext
-from .errors import CharlstmError, CheckpointError, CorpusError
-from .model import CharLSTM, ModelConfig, State, detach_state
+from .evaluation import evaluation_totals
+from .reporting import (
+    EvalStats,
+    RunInfo,
+    SilentReporter,
+    StepStats,
+    TrainReporter,
+    TrainResult,
+)
 
-Precision = Literal["auto", "bf16", "fp32"]
-NanPolicy = Literal["stop", "skip"]
-LN2 = math.log(2.0)
 # With --on-nan skip, this many non-finite batches in a row means the run has diverged for good.
 MAX_SKIPS_IN_A_ROW = 20
 T = TypeVar("T")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for ``auto``; a clear error for one that is not there."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CharlstmError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CharlstmError("--device mps was asked for but Apple's MPS is not available; use --device cpu")
-    return torch.device(name)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX512-bf16, where bf16 matrix products beat fp32."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
-def resolve_precision(precision: Precision, device: torch.device) -> str:
-    """Pick bf16 autocast where the hardware runs it fast, fp32 elsewhere."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    return "fp32"
 
 
-def autocast(device: torch.device, precision: str) -> ContextManager[Any]:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
-@dataclass
-class TrainConfig:
-    """How to train: batch shape, optimiser, schedule, budget and bookkeeping.
-
-    A run stops at whichever of ``steps``, ``epochs`` and ``time_budget`` (seconds)
-    comes first; the learning-rate schedule follows the same progress measure, so
-    a ten-minute run decays to its floor at ten minutes.
-    """
-
-    batch_size: int = 32  # batch shape and lr: the ``medium`` preset's, as ModelConfig's shape
-    seq_len: int = 64
-    steps: int | None = None
-    epochs: float | None = None
-    time_budget: float | None = None
-    lr: float = 5e-3
-    min_lr_ratio: float = 0.02
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_every: int | None = None
-    evals_per_run: int = 6
-    log_every: int = 20
-    val_frac: float = 0.1
-    seed: int = 1337
-    device: str = "auto"
-    precision: Precision = "auto"
-    preview_chars: int = 160
-    on_nan: NanPolicy = "stop"
-
-    def __post_init__(self) -> None:
-        if self.steps is None and self.epochs is None and self.time_budget is None:
-            raise ValueError("a run needs a budget: steps, epochs or time_budget")
-        for name in ("batch_size", "seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Rebuild a recorded config; settings this version does not know are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{name: value for name, value in data.items() if name in known})
 
 
-@dataclass
-class StepStats:
-    step: int
-    epoch: int
-    progress: float
-    lr: float
-    train_loss: float
-    chars_per_sec: float
-    elapsed: float
-    eta: float | None
-    val_loss: float | None
 
 
-@dataclass
-class EvalStats:
-    step: int
-    elapsed: float
-    val_loss: float
-    best_val_loss: float
-    is_best: bool
-    preview: str
-
-    @property
-    def val_bpc(self) -> float:
-        return self.val_loss / LN2
 
 
-@dataclass
-class RunInfo:
-    run_dir: Path
-    corpus: str
-    corpus_chars: int
-    train_chars: int
-    val_chars: int
-    vocab_size: int
-    parameters: int
-    model: ModelConfig
-    train: TrainConfig
-    device: str
-    precision: str
-    resumed_from_step: int
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    epochs: float
-    elapsed: float
-    chars_per_sec: float
-    parameters: int
-    train_loss: float
-    best_val_loss: float | None
-    last_val_loss: float | None
-    stopped_early: bool = False
-    skipped_batches: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def best_val_bpc(self) -> float | None:
-        return None if self.best_val_loss is None else self.best_val_loss / LN2
 
 
-class TrainReporter(Protocol):
-    """What the trainer tells the outside world; the console layer draws it."""
-
-    def start(self, info: RunInfo) -> None: ...
-    def step(self, stats: StepStats) -> None: ...
-    def evaluated(self, stats: EvalStats) -> None: ...
-    def finish(self, result: TrainResult) -> None: ...
 
 
-class SilentReporter:
-    """For library use and tests: hears everything, shows nothing."""
-
-    def start(self, info: RunInfo) -> None:
-        pass
-
-    def step(self, stats: StepStats) -> None:
-        pass
-
-    def evaluated(self, stats: EvalStats) -> None:
-        pass
-
-    def finish(self, result: TrainResult) -> None:
-        pass
 
 
-def eval_streams(num_ids: int, batch_size: int, seq_len: int) -> int:
-    """As many streams as the training batch, fewer when the text is too short for them."""
-    return max(1, min(batch_size, (num_ids - 1) // seq_len))
 
 
-def evaluate(
-    model: CharLSTM,
-    ids: np.ndarray,
-    batch_size: int,
-    seq_len: int,
-    device: torch.device,
-    precision: str = "fp32",
-) -> float:
-    """Mean cross-entropy (nats/char) over the whole of ``ids``, read statefully."""
-    total, count = evaluation_totals(model, ids, batch_size, seq_len, device, precision)
-    return total / count
 
 
-@torch.no_grad()
-def evaluation_totals(
-    model: CharLSTM,
-    ids: np.ndarray,
-    batch_size: int,
-    seq_len: int,
-    device: torch.device,
-    precision: str = "fp32",
-    part: tuple[int, int] = (0, 1),
-) -> tuple[float, int]:
-    """Summed cross-entropy (nats) and the number of characters scored: the one evaluation that
-    the trainer and ``charlstm eval`` share, so their numbers agree.
-
-    ``part`` = (index, parts) scores only that share of the streams, so the ranks of a
-    data-parallel run can split one evaluation and add up their totals.
-    """
-    streams = eval_streams(len(ids), batch_size, seq_len)
-    index, parts = part
-    batches = StreamBatches(ids, streams, seq_len, what="evaluation text").rows(
-        slice(index * streams // parts, (index + 1) * streams // parts)
-    )
-    if batches.batch_size == 0:
-        return 0.0, 0
-    was_training = model.training
-    model.eval()
-    state = model.init_state(batches.batch_size, device)
-    total, count = 0.0, 0
-    for index in range(len(batches)):
-        x, y = batches.window(index, device)
-        with autocast(device, precision):
-            logits, state = model(x, state)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-        count += y.numel()
-    model.train(was_training)
-    return total, count
 
 
 class Trainer:
@@ -605,7 +417,9 @@ class Trainer:
         self._on_main(write)
 
     def _evaluate_and_save(self) -> None:
-        from .sample import Generator  # here, not at the top: the sampler imports this module
+        from ..generation.generator import (
+            Generator,  # here, not at the top: the sampler imports this module
+        )
 
         val_loss = self._validation_loss()
         self.evals_done += 1

@@ -32,8 +32,8 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from .model import CharLSTM, State
-from .train import autocast
+from ..base.runtime import autocast
+from .network import CharLSTM, State
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 

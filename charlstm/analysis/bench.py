@@ -22,12 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .corpus import Corpus, Vocab
-from .model import CharLSTM, ModelConfig
-from .presets import DEFAULT_TIME_BUDGET, PRESETS, auto_size
-from .sample import Generator, SamplingOptions
-from .stepper import LSTMStepper
-from .train import EvalStats, Precision, RunInfo, StepStats, TrainConfig, Trainer, TrainResult, autocast, resolve_precision
+from ..base.runtime import Precision, autocast, resolve_precision
+from ..data.corpus import Corpus, Vocab
+from ..generation.generator import Generator, SamplingOptions
+from ..model.config import ModelConfig
+from ..model.network import CharLSTM
+from ..model.stepper import LSTMStepper
+from ..training.config import TrainConfig
+from ..training.presets import DEFAULT_TIME_BUDGET, PRESETS, auto_size
+from ..training.reporting import EvalStats, RunInfo, StepStats, TrainResult
+from ..training.trainer import Trainer
 
 BENCH_VOCAB_SIZE = 65
 """Tiny Shakespeare's alphabet size: the head's width in the benchmark model."""

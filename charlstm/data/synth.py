@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import CharlstmError
+from ..base.errors import CharlstmError
 
 RECALL_KEYS = "ABCDEFGH"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

@@ -15,17 +15,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from rich.cells import cell_len
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .analysis import EvalResult, RunSummary, Surprisal
-from .console import err, format_count, format_duration
-from .errors import CharlstmError
-from .gates import GateSaturation, LstmTrace, Signal, UnitMatch
-from .train import LN2
+from ..analysis.gates import GateSaturation, LstmTrace, Signal, UnitMatch
+from ..analysis.scoring import EvalResult, RunSummary, Surprisal
+from ..base.errors import CharlstmError
+from ..base.runtime import LN2
+from .terminal import err, format_count, format_duration
 
 out = Console(highlight=False)
 

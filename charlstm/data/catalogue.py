@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from . import __version__
-from .errors import CorpusError
+from ..base.errors import CorpusError
+from ..base.version import __version__
 
 CATALOGUE_ENV = "CHARLSTM_CATALOGUE"
-SOURCE_CATALOGUE = Path(__file__).resolve().parent.parent / "corpora" / "catalogue.json"
+SOURCE_CATALOGUE = Path(__file__).resolve().parents[2] / "corpora" / "catalogue.json"
 INSTALLED_CATALOGUE = Path("share") / "charlstm" / "corpora" / "catalogue.json"
 """Where a wheel puts the catalogue (pyproject's data-files), under its install scheme's data root."""
 

@@ -41,14 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, TextIO
 
-from .checkpoint import LoadedModel
-from .corpus import UnknownPolicy
-from .errors import CharlstmError, UnknownCharactersError
-from .model import State
-from .sample import Generator, SamplingOptions
+from ..base.errors import CharlstmError, UnknownCharactersError
+from ..data.corpus import UnknownPolicy
+from ..generation.generator import Generator, SamplingOptions
+from ..model.network import State
+from ..training.checkpoint import LoadedModel
 
 if TYPE_CHECKING:
-    from .console import ReplView
+    from .terminal import ReplView
 
 Mode = Literal["fresh", "continue"]
 MODES: tuple[Mode, ...] = ("fresh", "continue")

@@ -12,11 +12,11 @@ from typing import Iterator
 
 import torch
 
-from .corpus import UnknownPolicy, Vocab
-from .errors import CharlstmError
-from .model import CharLSTM, State
-from .stepper import LSTMStepper, ModelStepper, Stepper, forward_last
-from .train import Precision, resolve_precision
+from ..base.errors import CharlstmError
+from ..base.runtime import Precision, resolve_precision
+from ..data.corpus import UnknownPolicy, Vocab
+from ..model.network import CharLSTM, State
+from ..model.stepper import LSTMStepper, ModelStepper, Stepper, forward_last
 
 
 @dataclass(frozen=True)

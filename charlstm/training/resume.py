@@ -17,14 +17,22 @@ from typing import Any, Sequence
 
 import torch
 
-from .cache import CorpusCache
-from .checkpoint import CONFIG_FILE, DEFAULT_ROOT, load, load_training_state, resolve_resumable
-from .corpus import Corpus, TextOptions, Vocab
+from ..base.errors import CharlstmError, CheckpointError, CorpusError, name_chars
+from ..data.cache import CorpusCache
+from ..data.corpus import Corpus, TextOptions, Vocab
+from ..data.sources import load_corpus
+from ..model.config import ModelConfig
+from .checkpoint import (
+    CONFIG_FILE,
+    DEFAULT_ROOT,
+    load,
+    load_training_state,
+    resolve_resumable,
+)
+from .config import TrainConfig
 from .distributed import DistributedContext
-from .errors import CharlstmError, CheckpointError, CorpusError, name_chars
-from .model import ModelConfig
-from .sources import load_corpus
-from .train import TrainConfig, Trainer, TrainReporter
+from .reporting import TrainReporter
+from .trainer import Trainer
 
 BUDGET_SETTINGS = ("steps", "epochs", "time_budget")
 ADJUSTABLE_SETTINGS = ("lr", "eval_every", "device", "precision", "on_nan")

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .analysis import known_ids
-from .checkpoint import LoadedModel
-from .errors import CharlstmError
+from ..base.errors import CharlstmError
+from ..training.checkpoint import LoadedModel
+from .scoring import known_ids
 
 Signal = Literal["cell", "input", "forget", "output"]
 SIGNALS: tuple[Signal, ...] = ("cell", "input", "forget", "output")

@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import torch
 
-from .errors import CorpusError
+from ..base.errors import CorpusError
 
 
 class StreamBatches:

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
-from .errors import CorpusError, UnknownCharactersError
+from ..base.errors import CorpusError, UnknownCharactersError
 
 UnknownPolicy = Literal["error", "skip", "replace"]
 

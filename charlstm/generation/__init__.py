@@ -1,0 +1,1 @@
+"""Generation layer: sampling rules, the Generator and the headless REPL session."""

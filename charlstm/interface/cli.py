@@ -1,0 +1,667 @@
+"""The ``charlstm`` command: a thin shell that turns options into calls of the Python API."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from click.core import ParameterSource
+
+from ..analysis import gates
+from ..analysis import scoring as analysis
+from ..analysis.bench import BenchConfig, default_size, run_bench
+from ..analysis.corpus_stats import corpus_stats
+from ..analysis.longrange import DemoConfig, run_long_range_demo, score_positions
+from ..base.errors import CharlstmError
+from ..base.version import __version__
+from ..data.cache import CorpusCache
+from ..data.catalogue import fetch, find_entry, load_catalogue
+from ..data.corpus import DEFAULT_CORPUS_DESCRIPTION, TextOptions, check_vocabulary
+from ..data.sources import load_corpus
+from ..data.synth import SYNTH_KINDS, load_positions, make_synth
+from ..generation.generator import Generator, SamplingOptions
+from ..model.config import ModelConfig
+from ..training.checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
+from ..training.config import TrainConfig
+from ..training.distributed import DistributedContext, launched, signals_arrive_twice
+from ..training.presets import DEFAULT_TIME_BUDGET, PRESETS, auto_dropout, auto_size
+from ..training.resume import plan_resume
+from ..training.trainer import Trainer
+from . import terminal as console
+from . import views
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+
+
+class Duration(click.ParamType):
+    """A wall-clock budget: ``90`` or ``90s``, ``10m``, ``1.5h``."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            match = _DURATION.match(str(value))
+            if not match:
+                self.fail(f"{value!r} is not a duration; write e.g. 90s, 10m or 1.5h", param, ctx)
+            seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+        if not 0 < seconds < math.inf:
+            self.fail("the duration must be positive and finite", param, ctx)
+        return seconds
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+
+
+class Size(click.ParamType):
+    """A number of characters: ``5000``, ``200k``, ``1MB``."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE.match(str(value))
+        if not match:
+            self.fail(f"{value!r} is not a size; write e.g. 200k or 1MB", param, ctx)
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        if not 1 <= size <= 2_000_000_000:
+            self.fail("the size must be between 1 and 2G characters", param, ctx)
+        return size
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which slip past its bounds (they compare false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+# torch seeds its generators from a 64-bit integer.
+SEED = click.IntRange(-(2**63), 2**64 - 1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="charlstm")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Train character-level LSTM language models on any text and generate from them."""
+    ctx.obj = {"debug": debug}
+
+
+TRAIN_HELP = f"""Train a model on CORPUS: text files, folders and quoted patterns ('poems/*.txt').
+
+Folders and patterns bring their files in sorted order, joined by
+--doc-separator; files that are not text are skipped with a note. The encoded
+corpus is cached (by content and options) so the next run starts at once. With
+no CORPUS, trains on the built-in default: {DEFAULT_CORPUS_DESCRIPTION},
+read from this Python installation. Stops at --steps, --epochs or --time,
+whichever comes first (10 minutes if none is given). Writes the run to
+OUT/NAME: best/ and last/ checkpoints and metrics.jsonl.
+
+With --resume, continues a run exactly where it stopped, on its own corpus
+unless CORPUS is given; --steps, --epochs and --time then set the run's new
+total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at once.
+"""
+
+
+@cli.command(help=TRAIN_HELP)
+@click.argument("corpus", nargs=-1)
+@click.option("--time", "time_budget", type=Duration(), help="Wall-clock budget, e.g. 90s, 10m, 1h (default 10m when no other limit is given).")
+@click.option("--steps", type=click.IntRange(min=1), help="Stop after this many optimiser steps.")
+@click.option("--epochs", type=FiniteFloatRange(min=0, min_open=True), help="Stop after this many passes over the training text.")
+@click.option("--size", type=click.Choice(list(PRESETS)), help="Model size preset (default: chosen from the time budget and corpus size).")
+@click.option("--layers", type=click.IntRange(1, 16), help="Number of stacked recurrent layers.")
+@click.option("--hidden", type=click.IntRange(1, 8192), help="Hidden (and cell) state size per layer.")
+@click.option("--emb", type=click.IntRange(1, 8192), help="Character embedding size.")
+@click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), help="Dropout between layers and before the head.")
+@click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", show_default=True, help="Recurrent cell type.")
+@click.option("--batch-size", type=click.IntRange(1, 65536), help="Number of parallel text streams per step.")
+@click.option("--seq-len", type=click.IntRange(1, 65536), help="Characters per stream per step (truncated-BPTT length).")
+@click.option("--lr", type=FiniteFloatRange(0, 1, min_open=True), help="Peak learning rate (AdamW).")
+@click.option("--val-frac", type=FiniteFloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Fraction of the text, taken from the end, held out for validation.")
+@click.option("--eval-every", type=click.IntRange(min=1), help="Evaluate every N steps (default: six times per run).")
+@click.option("--seed", type=SEED, default=1337, show_default=True, help="Random seed for initialisation and dropout.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 autocast on CPUs/GPUs that run it fast, else fp32.")
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True, help="Parent directory for run directories.")
+@click.option("--name", help="Run name (default: corpus name and time).")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
+@click.option("--errors", "decode_errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help="What to do with bytes that do not decode.")
+@click.option("--keep-crlf", is_flag=True, help="Keep Windows line endings instead of turning CRLF into LF.")
+@click.option("--lowercase", is_flag=True, help="Fold the text to lower case (a smaller vocabulary; no capitals generated).")
+@click.option("--nfc/--no-nfc", default=True, show_default=True, help="Compose characters to Unicode NFC, so each letter is one id however the file spelled it.")
+@click.option("--min-char-count", type=click.IntRange(min=1), default=1, show_default=True, help="Characters seen fewer times become one unknown symbol (U+FFFD).")
+@click.option("--doc-separator", default="\\n", show_default=True, help="Text put between files (backslash escapes such as \\n work).")
+@click.option("--undecodable", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="A file in a folder or pattern that does not decode: stop, or skip it with a warning.")
+@click.option("--no-cache", is_flag=True, help="Encode the corpus afresh and do not store it in the cache.")
+@click.option("--resume", metavar="[RUN]", is_flag=False, flag_value="", help="Continue RUN (a run directory; default: the newest run under --out) where it stopped.")
+@click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="On a non-finite loss: stop, keeping the last good checkpoint, or skip the batch.")
+@click.option("--force", is_flag=True, help="Train even on a corpus whose characters look like binary data or are absurdly many.")
+def train(corpus: tuple[str, ...], **options: Any) -> None:
+    text_options = TextOptions(
+        options["encoding"], options["decode_errors"], options["keep_crlf"], options["lowercase"], options["nfc"]
+    )
+    separator = options["doc_separator"].encode("latin-1", "backslashreplace").decode("unicode_escape")
+    if options["resume"] is not None:
+        with launched() as distributed:  # under torchrun: one rank of a data-parallel continuation
+            _run_training(_resumed_trainer(corpus, text_options, separator, options, distributed))
+        return
+    loaded = load_corpus(
+        list(corpus) or None,
+        text_options,
+        separator=separator,
+        undecodable=options["undecodable"],
+        min_char_count=options["min_char_count"],
+        cache=None if options["no_cache"] else CorpusCache(),
+    )
+    console.note_skipped(loaded.skipped)
+    data = loaded.corpus
+    for warning in check_vocabulary(data.vocab, data.source, options["force"]):
+        console.warn(warning)
+    if options["steps"] is None and options["epochs"] is None and options["time_budget"] is None:
+        options["time_budget"] = DEFAULT_TIME_BUDGET
+    preset = PRESETS[options["size"] or auto_size(options["time_budget"], len(data))]
+
+    def pick(name: str, fallback: Any) -> Any:
+        return options[name] if options[name] is not None else fallback
+
+    model_config = ModelConfig(
+        vocab_size=len(data.vocab),
+        emb_size=pick("emb", preset.emb_size),
+        hidden_size=pick("hidden", preset.hidden_size),
+        num_layers=pick("layers", preset.num_layers),
+        dropout=pick("dropout", preset.dropout if options["size"] else auto_dropout(options["time_budget"], preset)),
+        cell=options["cell"],
+    )
+    train_config = TrainConfig(
+        batch_size=pick("batch_size", preset.batch_size),
+        seq_len=pick("seq_len", preset.seq_len),
+        steps=options["steps"],
+        epochs=options["epochs"],
+        time_budget=options["time_budget"],
+        lr=pick("lr", preset.lr),
+        eval_every=options["eval_every"],
+        val_frac=options["val_frac"],
+        seed=options["seed"],
+        device=options["device"],
+        precision=options["precision"],
+        on_nan=options["on_nan"],
+    )
+    stem = _run_stem(corpus)
+    name = options["name"] or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = options["out"] / name
+    with launched() as distributed:  # under torchrun: one rank of a data-parallel run
+        _run_training(Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter(), distributed=distributed))
+
+
+# Options of `train` that a resumed run compares with, or takes over into, its recorded settings.
+_MODEL_OPTIONS = {"emb": "emb_size", "hidden": "hidden_size", "layers": "num_layers", "dropout": "dropout", "cell": "cell"}
+_TRAIN_OPTIONS = ("steps", "epochs", "time_budget", "lr", "eval_every", "device", "precision", "on_nan",
+                  "batch_size", "seq_len", "val_frac", "seed")
+_TEXT_OPTIONS = ("encoding", "decode_errors", "keep_crlf", "lowercase", "nfc")
+
+
+def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separator: str, options: dict[str, Any],
+                     distributed: DistributedContext | None) -> Trainer:
+    """The run's Trainer at its last step, with only the options the user typed again applied."""
+    ctx = click.get_current_context()
+    given = {name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    for conflicting in ("name", "force", "min_char_count", "undecodable", "no_cache"):
+        if conflicting in given:
+            flag = conflicting.replace("_", "-")
+            raise click.UsageError(f"--{flag} cannot be used with --resume: it applies only to a new run", ctx)
+    model_changes: dict[str, Any] = {}
+    if options["size"] is not None:
+        preset = PRESETS[options["size"]]
+        model_changes.update(num_layers=preset.num_layers, hidden_size=preset.hidden_size,
+                             emb_size=preset.emb_size, dropout=preset.dropout)
+    model_changes.update({field: options[name] for name, field in _MODEL_OPTIONS.items() if name in given})
+    plan = plan_resume(
+        run=options["resume"] or None,
+        root=options["out"],
+        corpus_sources=list(corpus) or None,
+        text_options=text_options if given.intersection(_TEXT_OPTIONS) else None,
+        separator=separator if "doc_separator" in given else None,
+        model_changes=model_changes,
+        train_changes={name: options[name] for name in _TRAIN_OPTIONS if name in given},
+    )
+    if distributed is None or distributed.is_main:
+        for warning in plan.warnings:
+            console.warn(warning)
+    return plan.trainer(console.ConsoleTrainReporter(), distributed)
+
+
+def _run_training(trainer: Trainer) -> None:
+    """Train; a stop by signal saves the run, says how to resume, and exits 128 + the signal number."""
+    echo = ECHO_SECONDS if signals_arrive_twice() else 0.0
+    with _stop_on_signals(trainer.request_stop, speak=trainer.is_main, echo_seconds=echo) as signals:
+        result = trainer.train()
+    if result.stopped_early:
+        if trainer.is_main:
+            console.note(
+                f"stopped at step {result.steps}; the run is saved in {result.run_dir / 'last'}; "
+                f"resume it with: charlstm train --resume {result.run_dir}"
+            )
+        raise SystemExit(128 + (signals.received[0] if signals.received else signal.SIGINT))
+    if not trainer.is_main:
+        return
+    if result.skipped_batches:
+        console.warn(f"{result.skipped_batches} batch(es) with a non-finite loss were skipped (--on-nan skip)")
+    views.show_curves(read_metrics(result.run_dir))
+    console.note(f"sample from it: charlstm sample -c {result.run_dir}")
+
+
+def _run_stem(corpus: tuple[str, ...]) -> str:
+    """A run name from the first corpus source: a file's stem, a folder's name, a pattern's folder."""
+    if not corpus:
+        return "pystdlib"
+    first = Path(corpus[0])
+    while any(c in first.name for c in "*?[") and first != first.parent:
+        first = first.parent
+    return first.stem or "corpus"
+
+
+@cli.group()
+@click.option("--catalogue", type=click.Path(dir_okay=False, path_type=Path), envvar="CHARLSTM_CATALOGUE",
+              help="Catalogue file to use instead of the shipped corpora/catalogue.json (env: CHARLSTM_CATALOGUE).")
+@click.pass_context
+def corpus(ctx: click.Context, catalogue: Path | None) -> None:
+    """Known corpora: list them, download one, look inside any text, or generate a synthetic one."""
+    ctx.obj["catalogue"] = catalogue
+
+
+@corpus.command("list")
+@click.pass_context
+def corpus_list(ctx: click.Context) -> None:
+    """Show the corpora that 'charlstm corpus get' can download."""
+    console.print_catalogue(load_catalogue(ctx.obj["catalogue"]))
+
+
+@corpus.command("get")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("corpora"), show_default=True, help="Where to put the download.")
+@click.option("--unverified", is_flag=True, help="Download a corpus whose catalogue entry has no known SHA-256.")
+@click.pass_context
+def corpus_get(ctx: click.Context, name: str, directory: Path, unverified: bool) -> None:
+    """Download NAME (resuming a partial download), verify its SHA-256, unpack it, print the path to train on."""
+    entry = find_entry(load_catalogue(ctx.obj["catalogue"]), name)
+    result = fetch(entry, directory, console.DownloadBar(), allow_unverified=unverified)
+    if not result.verified:
+        console.warn(f"{entry.name} was not verified (no published checksum); its sha256 is {result.sha256}")
+    elif not result.downloaded:
+        console.note(f"{entry.name} is already here and its checksum matches")
+    console.write_text(f"{result.path}\n")
+
+
+@corpus.command("stats")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the files.")
+@click.option("--rarest", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many of the rarest characters to list.")
+def corpus_stats_command(sources: tuple[str, ...], encoding: str, rarest: int) -> None:
+    """Size, characters, oddities and a fitting model size for text files, folders or patterns."""
+    stats = corpus_stats(sources, TextOptions(encoding=encoding), rarest)
+    console.note_skipped(stats.skipped)
+    console.print_corpus_stats(stats)
+
+
+# Under torchrun, how soon after the first a signal still counts as the same Ctrl-C passed on: torchrun
+# forwards it within milliseconds, but a worker inside a long tensor operation or a collective runs
+# its handler only when that returns.
+ECHO_SECONDS = 2.0
+
+
+class _stop_on_signals:
+    """First Ctrl-C or SIGTERM asks the trainer to stop cleanly; a second one stops at once.
+
+    Stopping at once is safe: checkpoints are swapped in with renames, so an exit
+    at any moment leaves the previous complete checkpoint in place. Under torchrun
+    one Ctrl-C arrives twice (from the terminal and from torchrun), so a signal within
+    ``echo_seconds`` of the first counts as the same one; only rank 0 (``speak``) says so.
+    """
+
+    def __init__(self, request_stop: Callable[[], None], speak: bool = True, echo_seconds: float = 0.0):
+        self.request_stop = request_stop
+        self.speak = speak
+        self.echo_seconds = echo_seconds
+        self.previous: dict[int, Any] = {}
+        self.received: list[int] = []
+        self.first_at = 0.0
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received and time.monotonic() - self.first_at < self.echo_seconds:
+            return
+        self.received.append(signum)
+        if len(self.received) > 1:
+            if self.speak:
+                console.error(f"{signal.Signals(signum).name} again: stopped at once; the checkpoints already saved are intact")
+            raise SystemExit(128 + signum)
+        self.first_at = time.monotonic()
+        if self.speak:
+            console.warn("stopping after this step and saving the run; press Ctrl-C again to stop at once")
+        self.request_stop()
+
+    def __enter__(self) -> "_stop_on_signals":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+@cli.command()
+@click.option("-c", "--checkpoint", type=click.Path(path_type=Path), help="Run or checkpoint directory (default: newest run under ./checkpoints).")
+@click.option("--prime", default="", help="Text to start from; the sample continues it.")
+@click.option("--length", type=click.IntRange(min=1), default=500, show_default=True, help="Characters to generate.")
+@click.option("--temp", "temperature", type=FiniteFloatRange(0, 100), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k most likely characters.")
+@click.option("--top-p", type=FiniteFloatRange(0, 1, min_open=True), help="Draw only from the smallest set of characters whose probability reaches p.")
+@click.option("--seed", type=SEED, help="Random seed: the same seed gives the same text.")
+@click.option("-n", "--num-samples", type=click.IntRange(1, 4096), default=1, show_default=True, help="Number of samples, drawn as one batch.")
+@click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of a run to use.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
+def sample(checkpoint: Path | None, prime: str, length: int, temperature: float, top_k: int | None,
+           top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str,
+           precision: str) -> None:
+    """Generate text from a trained model and stream it to stdout."""
+    from ..base.runtime import resolve_device
+
+    loaded = load(checkpoint, device=resolve_device(device), prefer=which)
+    generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]
+    options = SamplingOptions(temperature, top_k, top_p)
+    stream = generator.stream(prime, length, options, num_samples, seed, unknown)  # type: ignore[arg-type]
+    shown_prime = prime if unknown == "error" else loaded.vocab.decode(loaded.vocab.encode(prime, unknown))  # type: ignore[arg-type]
+    if num_samples == 1:
+        first = next(stream, None)  # validates the prime before anything is printed
+        console.write_text(shown_prime)
+        if first is not None:
+            console.write_text(first[0])
+        for chars in stream:
+            console.write_text(chars[0])
+        console.write_text("\n")
+        return
+    pieces: list[list[str]] = [[] for _ in range(num_samples)]
+    for chars in stream:
+        for piece, char in zip(pieces, chars):
+            piece.append(char)
+    console.print_samples(("".join(p) for p in pieces), shown_prime)
+
+
+_CHECKPOINT_OPTION = click.option(
+    "-c", "--checkpoint", type=click.Path(path_type=Path),
+    help="Run or checkpoint directory (default: newest run under ./checkpoints).",
+)
+_WHICH_OPTION = click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+                             help="Which checkpoint of a run to use.")
+
+
+def _text_argument(text: str | None, file: Path | None) -> str:
+    """TEXT or -f FILE, exactly one of them."""
+    from ..data.corpus import read_text
+
+    if (text is None) == (file is None):
+        raise click.UsageError("give either TEXT or -f FILE")
+    return read_text(file) if file is not None else text  # type: ignore[return-value]
+
+
+@cli.command("eval")
+@click.argument("file", type=click.Path(path_type=Path))
+@_CHECKPOINT_OPTION
+@_WHICH_OPTION
+@click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
+              help="Score the whole file, or only the part a run trained on with this file cut off for "
+                   "training or validation (its --val-frac).")
+@click.option("--streams", type=click.IntRange(min=1), help="Parallel streams to read the text in (default: the run's "
+              "batch size, as the trainer evaluates; 1 reads the whole file as one stream).")
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]), help="Arithmetic (default: what the run evaluated with).")
+@click.option("--positions", is_flag=True, help="Score only the positions a synthetic corpus marks (from FILE.synth.json, "
+              "written by 'charlstm corpus synth'), against its ideal and no-memory losses.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, streams: int | None,
+             precision: str | None, positions: bool, as_json: bool) -> None:
+    """Loss, bits per character and perplexity of FILE under a model."""
+    import json
+
+    from ..data.corpus import read_text
+
+    loaded = load(checkpoint, prefer=which)
+    if positions:
+        if split != "all":
+            raise click.UsageError("--positions scores the whole file; leave out --split")
+        marked, meta = load_positions(file)
+        scored = score_positions(loaded.model, loaded.vocab, read_text(file), marked)
+        figures = {"file": str(file), "kind": meta.get("kind"), "positions": scored.count, "loss": scored.loss,
+                   "accuracy": scored.accuracy, "ideal_loss": meta.get("ideal_loss"), "chance_loss": meta.get("chance_loss")}
+        if as_json:
+            console.write_text(json.dumps(figures) + "\n")
+        else:
+            console.show_position_score(figures)
+        return
+    text = analysis.split_text(read_text(file), float(loaded.config.get("train", {}).get("val_frac", 0.1)), split)  # type: ignore[arg-type]
+    result = analysis.evaluate_text(loaded, text, streams=streams, precision=precision)
+    if as_json:
+        console.write_text(json.dumps({"file": str(file), "split": split, **result.to_dict()}, ensure_ascii=False) + "\n")
+    else:
+        views.show_eval(result, f"{file}" + ("" if split == "all" else f" ({split} split)"))
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("-f", "--file", type=click.Path(path_type=Path), help="Score this file instead of TEXT.")
+@_CHECKPOINT_OPTION
+@_WHICH_OPTION
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the heat-map as a self-contained HTML page.")
+@click.option("--spans", type=click.IntRange(0, 1000), default=5, show_default=True, help="How many of the most surprising words to list.")
+def score(text: str | None, file: Path | None, checkpoint: Path | None, which: str, html_path: Path | None, spans: int) -> None:
+    """Colour each character of TEXT by the model's surprise at it (-log2 p, in bits)."""
+    loaded = load(checkpoint, prefer=which)
+    result = analysis.surprisal(loaded, _text_argument(text, file))
+    views.show_surprisal(result, spans)
+    if html_path is not None:
+        title = f"charlstm score: {file.name if file else loaded.name}"
+        with replacing(html_path) as staging:
+            staging.write_text(views.surprisal_html(result, title), encoding="utf-8")
+        console.note(f"wrote {html_path}")
+
+
+@cli.command("inspect")
+@click.argument("text", required=False)
+@click.option("-f", "--file", type=click.Path(path_type=Path), help="Inspect on this file instead of TEXT.")
+@_CHECKPOINT_OPTION
+@_WHICH_OPTION
+@click.option("--layer", type=click.IntRange(min=0), help="Layer to look at (default: the last for --unit, all for --top).")
+@click.option("--unit", type=click.IntRange(min=0), help="Show this unit of the layer.")
+@click.option("--top", type=click.IntRange(1, 100), help="Rank units by how well they follow the features (default 8 when no --unit).")
+@click.option("--gate", "signal", type=click.Choice(gates.SIGNALS), default="cell", show_default=True,
+              help="What to show: the cell (tanh of the cell state) or the input, forget or output gate.")
+@click.option("--feature", "features", multiple=True, type=click.Choice(list(gates.FEATURES)),
+              help="Rank only by these features (repeatable; default: all).")
+def inspect_command(text: str | None, file: Path | None, checkpoint: Path | None, which: str, layer: int | None,
+            unit: int | None, top: int | None, signal: gates.Signal, features: tuple[str, ...]) -> None:
+    """Show what an LSTM's cells and gates do while reading TEXT."""
+    if unit is not None and top is not None:
+        raise click.UsageError("give --unit or --top, not both")
+    loaded = load(checkpoint, prefer=which)
+    trace = gates.trace_lstm(loaded, _text_argument(text, file))
+    if trace.unknown:
+        console.warn(views.unknown_summary(trace.unknown))
+    if unit is not None:
+        chosen = gates.check_layer(trace, len(trace.layers) - 1 if layer is None else layer)
+        views.show_unit(trace, chosen, gates.check_unit(trace, unit), signal)
+    else:
+        matches, constant = gates.top_units(trace, list(features) or None, top or 8, signal, layer)
+        views.show_top_units(trace, matches, constant, signal)
+    views.show_saturation(gates.saturation(trace))
+
+
+@cli.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--which", type=click.Choice(["best", "last"]), default="last", show_default=True,
+              help="Which checkpoint's settings and progress to show (the curves cover the whole run).")
+def info(checkpoint: Path | None, which: str) -> None:
+    """Model, vocabulary, training settings and loss curves of a run (default: the newest)."""
+    views.show_info(analysis.summarize_run(checkpoint, which))
+
+
+@cli.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("curves.png"),
+              show_default=True, help="PNG file to write.")
+def plot(checkpoint: Path | None, output: Path) -> None:
+    """Write a run's loss curves as a PNG (needs matplotlib: pip install 'charlstm[plot]')."""
+    summary = analysis.summarize_run(checkpoint)
+    with replacing(output) as staging:
+        views.save_curve_png(summary.records, staging, summary.checkpoint.parent.name)
+    console.note(f"wrote {output}")
+
+@corpus.command("synth")
+@click.argument("kind", type=click.Choice(list(SYNTH_KINDS)))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the text (a .synth.json sidecar goes beside it).")
+@click.option("--size", type=Size(), default="1MB", show_default=True, help="Characters to generate, e.g. 200k or 1MB.")
+@click.option("--distance", "--depth", "--max-length", "param", type=click.IntRange(1, 100_000), help="recall: filler length; brackets: maximum depth; counting: maximum line length.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def corpus_synth(kind: str, out_path: Path, size: int, param: int | None, seed: int) -> None:
+    """Generate a synthetic corpus that needs long-range memory (recall, brackets, counting)."""
+    made = make_synth(kind, size, param, seed)
+    sidecar = made.save(out_path)
+    console.show_synth(made, out_path, sidecar)
+
+
+@cli.group()
+def demo() -> None:
+    """Demonstrations you can run on your own machine."""
+
+
+@demo.command("long-range")
+@click.option("--distance", "distances", default="20,50,100,200", show_default=True, help="Comma-separated recall distances.")
+@click.option("--time", "time_budget", type=Duration(), default="6m", show_default=True, help="Total training time, shared by all runs.")
+@click.option("--cells", default="rnn,gru,lstm", show_default=True, help="Comma-separated cell types to compare.")
+@click.option("--hidden", type=click.IntRange(4, 1024), default=64, show_default=True, help="LSTM hidden size; the other cells are sized to the same parameter count.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_long_range(distances: str, time_budget: float, cells: str, hidden: int, seed: int) -> None:
+    """Train RNN, GRU and LSTM cells of equal size on delayed recall and compare how far they remember."""
+    try:
+        distance_list = tuple(int(d) for d in distances.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{distances!r} is not a comma-separated list of whole numbers", param_hint="--distance") from None
+    if any(d < 1 or d > 5000 for d in distance_list):
+        raise click.BadParameter("distances must be between 1 and 5000", param_hint="--distance")
+    cell_list = tuple(c.strip() for c in cells.split(","))
+    unknown = [c for c in cell_list if c not in ("rnn", "gru", "lstm")]
+    if unknown:
+        raise click.BadParameter(f"unknown cell(s) {', '.join(unknown)}; use rnn, gru, lstm", param_hint="--cells")
+    config = DemoConfig(
+        distances=distance_list,
+        cells=cell_list,
+        seconds_per_run=time_budget / (len(distance_list) * len(cell_list)),
+        reference_hidden=hidden,
+        seed=seed,
+    )
+    rows = run_long_range_demo(config, progress=console.show_demo_progress)
+    console.show_demo_table(rows)
+@cli.command("repl")
+@_CHECKPOINT_OPTION
+@_WHICH_OPTION
+@click.option("--temp", "temperature", type=click.FloatRange(0, 100), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
+@click.option("--len", "length", type=click.IntRange(1, 1_000_000), default=300, show_default=True, help="Characters to generate per turn.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k most likely characters.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Draw only from the smallest set of characters whose probability reaches p.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Seed every turn with this: the same text gets the same continuation.")
+@click.option("-n", "--num-samples", type=click.IntRange(1, 64), default=1, show_default=True, help="Continuations per turn.")
+@click.option("--stop", multiple=True, help=r'Stop a continuation once it ends with this (escapes such as \n work); repeatable.')
+@click.option("--mode", type=click.Choice(["fresh", "continue"]), default="fresh", show_default=True, help="continue: the model's state carries across turns.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+def repl_command(checkpoint: Path | None, which: str, temperature: float, length: int, top_k: int | None,
+                 top_p: float | None, seed: int | None, num_samples: int, stop: tuple[str, ...], mode: str, device: str) -> None:
+    """Type a beginning, watch the model continue it.
+
+    On a terminal: line editing, history, :help for settings. With stdin from a
+    pipe or file: one continuation per input line on stdout, no prompts or colours.
+    """
+    from ..base.runtime import resolve_device
+    from . import repl
+
+    target = resolve_device(device)
+    settings = repl.ReplSettings(temperature, length, top_k, top_p, seed, num_samples,
+                                 tuple(repl.unescape(s) for s in stop), mode)  # type: ignore[arg-type]
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    status = repl.run(load(checkpoint, device=target, prefer=which), settings, console.ReplView(interactive),
+                      lambda path: load(path, device=target, prefer=which), interactive=interactive)
+    sys.exit(status)
+
+
+@cli.command()
+@click.option("--size", type=click.Choice(list(PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text).")
+@click.option("--steps", type=click.IntRange(min=1), default=BenchConfig.steps, show_default=True, help="Timed training steps for each of the two training loops.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 on CPUs that run it fast, else fp32.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout instead of a table.")
+def bench(size: str | None, steps: int, precision: str, as_json: bool) -> None:
+    """Measure training and sampling speed on this machine, against plain PyTorch in the same run."""
+    config = BenchConfig(size=size or default_size(), steps=steps, precision=precision)  # type: ignore[arg-type]
+    result = run_bench(config, on_phase=console.phase)
+    if as_json:
+        console.write_json(result.to_dict())
+    else:
+        console.print_bench(result)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr; --debug shows the traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="charlstm", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        console.error("aborted")
+        sys.exit(130)
+    except click.UsageError as usage:
+        if debug:
+            raise
+        command = usage.ctx.command_path if usage.ctx is not None else "charlstm"
+        console.error(f"{usage.format_message()} (see '{command} --help')")
+        sys.exit(usage.exit_code)
+    except click.ClickException as problem:
+        if debug:
+            raise
+        console.error(problem.format_message())
+        sys.exit(problem.exit_code)
+    except CharlstmError as problem:
+        if debug:
+            raise
+        console.error(str(problem))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        console.error("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error. Point stdout at
+        # /dev/null so Python's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except Exception as bug:  # noqa: BLE001 - the last line of defence keeps tracebacks behind --debug
+        if debug:
+            raise
+        console.error(f"unexpected {type(bug).__name__}: {bug} (run with --debug for the traceback)")
+        sys.exit(1)

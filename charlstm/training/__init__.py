@@ -1,0 +1,1 @@
+"""Training layer: configs, presets, schedule, evaluation, checkpoints, resume and the loop."""

@@ -31,7 +31,8 @@ from rich.console import Console
 
 from charlstm.analysis.bench import default_size
 from charlstm.data.corpus import Vocab
-from charlstm.interface.repl import PipedLines, Repl, ReplSession, ReplSettings
+from charlstm.generation.session import ReplSession, ReplSettings
+from charlstm.interface.repl import PipedLines, Repl
 from charlstm.interface.terminal import ReplView
 from charlstm.model.network import CharLSTM
 from charlstm.training.checkpoint import LoadedModel

@@ -14,19 +14,15 @@ import torch
 from charlstm import CharLSTM, LoadedModel, ModelConfig, Vocab, load
 from charlstm.base.errors import CharlstmError, UnknownCharactersError
 from charlstm.data.corpus import UNKNOWN_CHAR
-from charlstm.interface.repl import (
-    Completer,
-    PipedLines,
-    Repl,
+from charlstm.generation.session import (
     ReplSession,
     ReplSettings,
     apply_setting,
-    history_path,
     show_escaped,
     split_arguments,
     unescape,
 )
-from charlstm.interface.terminal import ReplView
+from charlstm.interface.repl import Completer, PipedLines, Repl, ReplView, history_path
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PROMPT = r"›(?:\x1b\[[0-9;]*m)* "  # the prompt's last mark, whatever colours surround it

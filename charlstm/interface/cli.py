@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -36,6 +36,7 @@ from ..training.resume import plan_resume
 from ..training.trainer import Trainer
 from . import terminal as console
 from . import views
+from .signals import TwoStageStop
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
@@ -247,9 +248,22 @@ def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separat
 
 
 def _run_training(trainer: Trainer) -> None:
-    """Train; a stop by signal saves the run, says how to resume, and exits 128 + the signal number."""
+    """Train; a stop by signal saves the run, says how to resume, and exits 128 + the signal number.
+    Under torchrun only rank 0 speaks."""
+    speak = trainer.is_main
+
+    def stop_after_this_step(signum: int) -> None:
+        if speak:
+            console.warn("stopping after this step and saving the run; press Ctrl-C again to stop at once")
+        trainer.request_stop()
+
+    def stop_now(signum: int) -> None:
+        if speak:
+            console.error(f"{signal.Signals(signum).name} again: stopped at once; the checkpoints already saved are intact")
+        raise SystemExit(128 + signum)
+
     echo = ECHO_SECONDS if signals_arrive_twice() else 0.0
-    with _stop_on_signals(trainer.request_stop, speak=trainer.is_main, echo_seconds=echo) as signals:
+    with TwoStageStop(stop_after_this_step, stop_now, (signal.SIGINT, signal.SIGTERM), echo) as signals:
         result = trainer.train()
     if result.stopped_early:
         if trainer.is_main:
@@ -323,46 +337,6 @@ def corpus_stats_command(sources: tuple[str, ...], encoding: str, rarest: int) -
 # forwards it within milliseconds, but a worker inside a long tensor operation or a collective runs
 # its handler only when that returns.
 ECHO_SECONDS = 2.0
-
-
-class _stop_on_signals:
-    """First Ctrl-C or SIGTERM asks the trainer to stop cleanly; a second one stops at once.
-
-    Stopping at once is safe: checkpoints are swapped in with renames, so an exit
-    at any moment leaves the previous complete checkpoint in place. Under torchrun
-    one Ctrl-C arrives twice (from the terminal and from torchrun), so a signal within
-    ``echo_seconds`` of the first counts as the same one; only rank 0 (``speak``) says so.
-    """
-
-    def __init__(self, request_stop: Callable[[], None], speak: bool = True, echo_seconds: float = 0.0):
-        self.request_stop = request_stop
-        self.speak = speak
-        self.echo_seconds = echo_seconds
-        self.previous: dict[int, Any] = {}
-        self.received: list[int] = []
-        self.first_at = 0.0
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received and time.monotonic() - self.first_at < self.echo_seconds:
-            return
-        self.received.append(signum)
-        if len(self.received) > 1:
-            if self.speak:
-                console.error(f"{signal.Signals(signum).name} again: stopped at once; the checkpoints already saved are intact")
-            raise SystemExit(128 + signum)
-        self.first_at = time.monotonic()
-        if self.speak:
-            console.warn("stopping after this step and saving the run; press Ctrl-C again to stop at once")
-        self.request_stop()
-
-    def __enter__(self) -> "_stop_on_signals":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 @cli.command()
@@ -597,13 +571,14 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
     pipe or file: one continuation per input line on stdout, no prompts or colours.
     """
     from ..base.runtime import resolve_device
+    from ..generation.session import ReplSettings, unescape
     from . import repl
 
     target = resolve_device(device)
-    settings = repl.ReplSettings(temperature, length, top_k, top_p, seed, num_samples,
-                                 tuple(repl.unescape(s) for s in stop), mode)  # type: ignore[arg-type]
+    settings = ReplSettings(temperature, length, top_k, top_p, seed, num_samples,
+                                 tuple(unescape(s) for s in stop), mode)  # type: ignore[arg-type]
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    status = repl.run(load(checkpoint, device=target, prefer=which), settings, console.ReplView(interactive),
+    status = repl.run(load(checkpoint, device=target, prefer=which), settings, repl.ReplView(interactive),
                       lambda path: load(path, device=target, prefer=which), interactive=interactive)
     sys.exit(status)
 

@@ -1,37 +1,33 @@
-"""Everything charlstm shows on a terminal goes through here.
+"""Everything charlstm shows on a terminal goes through here: the one rule for output.
 
-Messages, progress and tables go to stderr (``err``) so that stdout carries only
-the text a user asked for (samples, JSON) and can be piped. On a terminal the
-training progress is a live Rich bar; elsewhere (CI, a log file) it is a plain
-line every few seconds.
+There are two consoles and no others. ``out`` (stdout) carries only what the user asked for
+— samples, JSON, the tables of ``eval``/``score``/``info`` — so it can be piped; ``err``
+(stderr) carries messages, progress and summaries. Views (:mod:`.views`) and the REPL
+(:mod:`.repl`) draw on these two; progress is Rich's, a live bar on a terminal and a plain
+line every few seconds elsewhere (CI, a log file). The layers below never print.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
-from rich.style import Style
 from rich.table import Table
-from rich.text import Text
-from tqdm import tqdm
-
-from ..training.reporting import EvalStats, RunInfo, StepStats, TrainResult
 
 if TYPE_CHECKING:
     from ..analysis.bench import BenchResult
@@ -40,8 +36,9 @@ if TYPE_CHECKING:
     from ..data.catalogue import CatalogueEntry
     from ..data.sources import SkippedFile
     from ..data.synth import SynthCorpus
-    from .repl import ModelInfo
+    from ..training.reporting import EvalStats, RunInfo, StepStats, TrainResult
 
+out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
@@ -253,7 +250,6 @@ def show_position_score(figures: dict[str, object]) -> None:
     err.print(table)
 # -- corpora ----------------------------------------------------------------------
 
-out = Console(highlight=False)
 
 
 def format_bytes(size: float) -> str:
@@ -275,25 +271,32 @@ def print_catalogue(entries: "Iterable[CatalogueEntry]") -> None:
 
 
 class DownloadBar:
-    """A tqdm bar on stderr for :func:`charlstm.catalogue.fetch`."""
+    """Download progress on stderr for :func:`charlstm.data.catalogue.fetch` (a live bar on a terminal only)."""
 
     def __init__(self) -> None:
-        self._bar: tqdm | None = None
+        self._progress: Progress | None = None
+        self._task: Any = None
 
     def start(self, name: str, total: int | None, done: int) -> None:
         if done:
             note(f"resuming {name} from byte {done:,}")
-        self._bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=name, file=sys.stderr, leave=False,
-                         disable=not err.is_terminal)
+        if not err.is_terminal:
+            return
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=err, transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(escape(name), total=total, completed=done)
 
     def advance(self, size: int) -> None:
-        if self._bar is not None:
-            self._bar.update(size)
+        if self._progress is not None:
+            self._progress.advance(self._task, size)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 def note_skipped(skipped: "Iterable[SkippedFile]") -> None:
@@ -324,138 +327,6 @@ def print_corpus_stats(stats: "CorpusStats") -> None:
     table.add_row("model size", f"~{format_count(stats.suggested_parameters)} parameters (char-rnn's rule of thumb: "
                   f"about as many as characters); closest preset: --size {stats.closest_preset} ({presets})")
     out.print(table)
-class ReplView:
-    """What `charlstm repl` shows: a header, prompts, streamed continuations, notes.
-
-    On a terminal the continuation is drawn in its own colour right after the typed
-    text; from a pipe (``interactive=False``) stdout gets only the text, as
-    ``charlstm sample --prime LINE`` would print it, and notes are left out.
-    """
-
-    CONTINUATION = Style(color="cyan")
-
-    def __init__(self, interactive: bool, out: Console | None = None):
-        self.interactive = interactive
-        self.out = out if out is not None else Console(highlight=False)
-        self._prompt_width = 0
-        self._num_samples = 1
-        self._at_line_start = True
-        on, _, off = self._ansi(Text("\ue000", style=self.CONTINUATION)).partition("\ue000")
-        self._style_on, self._style_off = on, off
-        self._can_move_cursor = self.out.is_terminal and not self.out.is_dumb_terminal
-
-    def header(self, info: "ModelInfo") -> None:
-        table = Table.grid(padding=(0, 2))
-        bpc = "—" if info.val_bpc is None else f"{info.val_bpc:.3f}"
-        step = "" if info.step is None else f" at step {info.step}"
-        table.add_row("model", f"[bold]{escape(info.run_name)}[/]  {format_count(info.parameters)} parameters, val {bpc} bpc{step}")
-        table.add_row("shape", f"{info.shape}, {info.vocab_size} characters")
-        table.add_row("checkpoint", escape(str(info.checkpoint)))
-        table.add_row("keys", "Enter continues the text · [bold]:help[/] lists settings · Ctrl-C stops · Ctrl-D quits")
-        self.out.print(Panel(table, title="charlstm repl", expand=False))
-
-    def _ansi(self, text: Text) -> str:
-        """``text`` as this console would write it: with colour codes on a colour terminal, plain elsewhere."""
-        with self.out.capture() as captured:
-            self.out.print(text, end="", soft_wrap=True)
-        return captured.get()
-
-    def _readline_safe(self, markup: str) -> str:
-        """A prompt in colour, with its escape codes fenced so readline counts only visible columns."""
-        text = Text.from_markup(markup)
-        self._prompt_width = text.cell_len
-        return re.sub(r"(\x1b\[[0-9;]*m)", "\x01\\1\x02", self._ansi(text))
-
-    def prompt(self, mode: str, settings: str) -> str:
-        if not self.interactive:
-            return ""
-        return self._readline_safe(f"[bold]{escape(mode)}[/] [dim]{escape(settings)}[/] [bold green]›[/] ")
-
-    def continuation_prompt(self) -> str:
-        return self._readline_safe("[bold green]…[/] ") if self.interactive else ""
-
-    def unknown_question(self, unknown: list[str], can_keep: bool) -> str:
-        shown = ", ".join(repr(c) for c in unknown)
-        self.out.print(f"[yellow]the model never saw these characters:[/] {escape(shown)}", soft_wrap=True)
-        if can_keep:
-            return self._readline_safe("[bold]d[/]rop them, [bold]k[/]eep them as the unknown symbol, or [bold]r[/]e-type the text? \\[d/k/r] ")
-        return self._readline_safe("[bold]d[/]rop them, or [bold]r[/]e-type the text? \\[d/r] ")
-
-    def read_line(self, prompt: str) -> str:
-        """One line from the user; readline (when loaded) gives editing and history."""
-        return input(prompt)
-
-    def begin_turn(self, text: str, num_samples: int, last_typed_line: str | None) -> None:
-        """Start a turn's output; ``last_typed_line`` is what the user's last prompt line holds (None: not the text)."""
-        self._num_samples = num_samples
-        self._at_line_start = True
-        if not self.interactive:
-            if num_samples == 1:
-                write_text(text)
-            return
-        if last_typed_line is None:
-            self.out.file.write(text)  # the screen does not show the text as it will be read: show it
-            self._at_line_start = not text or text.endswith("\n")
-        elif last_typed_line and self._can_move_cursor and self._prompt_width + cell_len(last_typed_line) < self.out.width:
-            # Back up to the end of the typed line so the continuation follows the text.
-            self.out.file.write(f"\x1b[1A\x1b[{self._prompt_width + cell_len(last_typed_line) + 1}G")
-            self._at_line_start = False
-
-    def stream(self, char: str) -> None:
-        if not self.interactive:
-            if self._num_samples == 1:  # several are printed together at the end, under headers
-                write_text(char)
-            return
-        if char != "\n" and not char.isprintable():
-            char = chr(0x2400 + ord(char)) if ord(char) < 32 else "\ufffd"  # show control characters, never obey them
-        self.out.file.write(f"{self._style_on}{char}{self._style_off}")
-        self.out.file.flush()
-        self._at_line_start = char == "\n"
-
-    def end_turn(self, text: str, continuations: list[str], ended: str, chars_per_second: float, seed: int) -> None:
-        if not self.interactive:
-            if len(continuations) == 1:
-                write_text("\n")
-            else:
-                print_samples(continuations, text)
-            return
-        if not self._at_line_start:
-            self.out.file.write("\n")
-        self.out.file.flush()
-        for index, continuation in enumerate(continuations[1:], 2):
-            self.out.print(f"[dim]── continuation {index} of {len(continuations)} ──[/]")
-            self.out.print(Text(text) + Text(continuation, style=self.CONTINUATION), soft_wrap=True)
-        how = {"length": "", "stop": " · stopped at a stop string", "interrupted": " · interrupted"}[ended]
-        self.out.print(f"[dim]{len(continuations[0])} chars · {chars_per_second:.0f} chars/s · seed {seed}{how}[/]")
-
-    def help(self, rows: list[tuple[str, str, str]]) -> None:
-        table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
-        table.add_column("command")
-        table.add_column("does")
-        table.add_column("now", style="cyan")
-        for row in rows:
-            table.add_row(*(escape(cell) for cell in row))
-        self.out.print(table)
-        self.out.print("[dim]Text is continued as typed; end a line with \\ to go on to the next; start it with :: to begin with a colon.[/]")
-
-    def note(self, message: str) -> None:
-        if self.interactive:
-            self.out.print(f"[dim]{escape(message)}[/]", soft_wrap=True)
-
-    def warn(self, message: str) -> None:
-        warn(message)
-
-    def error(self, message: str) -> None:
-        error(message)
-
-    def cancelled_line(self) -> None:
-        self.out.file.write(f"{self._style_off}\n")
-        self.out.file.flush()
-
-    def goodbye(self) -> None:
-        if self.interactive:
-            self.out.file.write("\n")
-            self.out.file.flush()
 
 
 def write_json(data: Any) -> None:

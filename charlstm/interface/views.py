@@ -25,9 +25,7 @@ from ..analysis.gates import GateSaturation, LstmTrace, Signal, UnitMatch
 from ..analysis.scoring import EvalResult, RunSummary, Surprisal
 from ..base.errors import CharlstmError
 from ..base.runtime import LN2
-from .terminal import err, format_count, format_duration
-
-out = Console(highlight=False)
+from .terminal import err, format_count, format_duration, out
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 SURPRISAL_SCALE = 10.0  # bits at which the heat-map saturates; one scale makes texts comparable

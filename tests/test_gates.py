@@ -7,12 +7,14 @@ from conftest import tiny_train_config
 from torch import nn
 
 from charlstm import Corpus, ModelConfig, Trainer, load
-from charlstm.analysis.gates import (
+from charlstm.analysis.features import (
     FEATURES,
-    correlations,
     inside_brackets,
     inside_quotes,
     line_position,
+)
+from charlstm.analysis.gates import (
+    correlations,
     lstm_equations,
     saturation,
     top_units,

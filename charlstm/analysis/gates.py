@@ -16,7 +16,6 @@ Networks" (2015).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -24,11 +23,9 @@ from torch import nn
 
 from ..base.errors import CharlstmError
 from ..training.checkpoint import LoadedModel
+from .features import FEATURES, GATES, Signal
 from .scoring import known_ids
 
-Signal = Literal["cell", "input", "forget", "output"]
-SIGNALS: tuple[Signal, ...] = ("cell", "input", "forget", "output")
-GATES: tuple[Signal, ...] = ("input", "forget", "output")
 LEFT_SATURATED, RIGHT_SATURATED = 0.1, 0.9
 
 
@@ -122,69 +119,6 @@ def trace_lstm(loaded: LoadedModel, text: str) -> LstmTrace:
     return LstmTrace(text=loaded.vocab.decode(ids), layers=traces, unknown=unknown)
 
 
-# -- features a user can name ---------------------------------------------------------------------
-
-OPENING_QUOTES, CLOSING_QUOTES = "\u201c", "\u201d"
-OPEN_BRACKETS, CLOSE_BRACKETS = "([{", ")]}"
-
-
-def inside_quotes(text: str) -> np.ndarray:
-    """1 while inside "double" or “curly” quotes, after reading each character (the opening
-    quote counts as inside, the closing one as outside)."""
-    values, inside = np.zeros(len(text)), False
-    for index, char in enumerate(text):
-        if char == '"':
-            inside = not inside
-        elif char in OPENING_QUOTES:
-            inside = True
-        elif char in CLOSING_QUOTES:
-            inside = False
-        values[index] = inside
-    return values
-
-
-def inside_brackets(text: str) -> np.ndarray:
-    """1 while any (, [ or { is open; line breaks do not close them."""
-    values, depth = np.zeros(len(text)), 0
-    for index, char in enumerate(text):
-        if char in OPEN_BRACKETS:
-            depth += 1
-        elif char in CLOSE_BRACKETS:
-            depth = max(0, depth - 1)
-        values[index] = depth > 0
-    return values
-
-
-def _position_since(text: str, is_break: Callable[[str], bool]) -> np.ndarray:
-    values, position = np.zeros(len(text)), 0
-    for index, char in enumerate(text):
-        position = 0 if is_break(char) else position + 1
-        values[index] = position
-    return values
-
-
-def line_position(text: str) -> np.ndarray:
-    """Characters read since the last newline: what a cell that counts towards a line break tracks."""
-    return _position_since(text, lambda char: char == "\n")
-
-
-def word_position(text: str) -> np.ndarray:
-    """Characters read since the last space or newline."""
-    return _position_since(text, str.isspace)
-
-
-def after_newline(text: str) -> np.ndarray:
-    """1 right after a newline was read (where a new line, a speaker's name or an indent starts)."""
-    return np.array([char == "\n" for char in text], dtype=float)
-
-
-FEATURES: dict[str, Callable[[str], np.ndarray]] = {
-    "in_quotes": inside_quotes,
-    "in_brackets": inside_brackets,
-    "line_position": line_position,
-    "after_newline": after_newline,
-    "word_position": word_position,
-}
 
 
 @dataclass(frozen=True)

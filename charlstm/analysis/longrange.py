@@ -11,14 +11,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.corpus import Corpus, Vocab
-from ..data.synth import RECALL_KEYS, delayed_recall
+from ..data.corpus import Corpus, Vocab, read_text
+from ..data.synth import RECALL_KEYS, delayed_recall, load_positions
 from ..model.config import ModelConfig
 from ..model.network import CharLSTM
 from ..training.config import TrainConfig
@@ -172,3 +172,12 @@ def run_long_range_demo(config: DemoConfig, progress: Callable[[DemoRow], None] 
                 if progress is not None:
                     progress(row)
     return rows
+
+
+def position_report(model: CharLSTM, vocab: Vocab, file: Path) -> dict[str, Any]:
+    """``charlstm eval --positions``: the marked positions of a synthetic corpus scored, beside the
+    corpus's ideal loss (perfect memory) and its chance loss (no memory)."""
+    marked, meta = load_positions(file)
+    scored = score_positions(model, vocab, read_text(file), marked)
+    return {"file": str(file), "kind": meta.get("kind"), "positions": scored.count, "loss": scored.loss,
+            "accuracy": scored.accuracy, "ideal_loss": meta.get("ideal_loss"), "chance_loss": meta.get("chance_loss")}

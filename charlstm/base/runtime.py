@@ -2,17 +2,21 @@
 
 CPUs with AMX or AVX512-bf16 run bf16 matrix products about four times faster than fp32; elsewhere
 bf16 is emulated and slower, so ``auto`` decides per machine rather than per project.
+
+torch is imported inside the functions, so that configs which name a ``Precision`` (and the
+command line that builds them) load without it.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Any, ContextManager, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, ContextManager, Literal
 
 from .errors import CharlstmError
+
+if TYPE_CHECKING:
+    import torch
 
 Precision = Literal["auto", "bf16", "fp32"]
 
@@ -22,6 +26,8 @@ LN2 = math.log(2.0)
 
 def resolve_device(name: str = "auto") -> torch.device:
     """cuda, then mps, then cpu for ``auto``; a clear error for one that is not there."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -37,12 +43,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX or AVX512-bf16, where bf16 matrix products beat fp32."""
+    import torch
+
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> str:
     """Pick bf16 autocast where the hardware runs it fast, fp32 elsewhere."""
+    import torch
+
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -53,6 +63,8 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str) -> ContextManager[Any]:
+    import torch
+
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()

@@ -2,97 +2,43 @@
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
-from ..analysis import gates
-from ..analysis import scoring as analysis
-from ..analysis.bench import BenchConfig, default_size, run_bench
-from ..analysis.corpus_stats import corpus_stats
-from ..analysis.longrange import DemoConfig, run_long_range_demo, score_positions
+# Only light modules at the top: `charlstm --help` and `--version` must answer without loading torch.
+# Each command imports the layers it needs when it runs.
+from ..analysis.features import FEATURES, SIGNALS, Signal
 from ..base.errors import CharlstmError
 from ..base.version import __version__
-from ..data.cache import CorpusCache
-from ..data.catalogue import fetch, find_entry, load_catalogue
-from ..data.corpus import DEFAULT_CORPUS_DESCRIPTION, TextOptions, check_vocabulary
-from ..data.sources import load_corpus
-from ..data.synth import SYNTH_KINDS, load_positions, make_synth
-from ..generation.generator import Generator, SamplingOptions
-from ..model.config import ModelConfig
-from ..training.checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
-from ..training.config import TrainConfig
-from ..training.distributed import DistributedContext, launched, signals_arrive_twice
-from ..training.presets import DEFAULT_TIME_BUDGET, PRESETS, auto_dropout, auto_size
-from ..training.resume import plan_resume
-from ..training.trainer import Trainer
+from ..data.corpus import DEFAULT_CORPUS_DESCRIPTION
+from ..data.synth import SYNTH_KINDS
+from ..training.layout import DEFAULT_ROOT
+from ..training.presets import PRESETS
 from . import terminal as console
-from . import views
+from .options import (
+    PRECISIONS,
+    SEED,
+    Duration,
+    FiniteFloatRange,
+    Size,
+    checkpoint_option,
+    device_option,
+    precision_option,
+    which_option,
+)
 from .signals import TwoStageStop
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
-
-
-class Duration(click.ParamType):
-    """A wall-clock budget: ``90`` or ``90s``, ``10m``, ``1.5h``."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, (int, float)):
-            seconds = float(value)
-        else:
-            match = _DURATION.match(str(value))
-            if not match:
-                self.fail(f"{value!r} is not a duration; write e.g. 90s, 10m or 1.5h", param, ctx)
-            seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
-        if not 0 < seconds < math.inf:
-            self.fail("the duration must be positive and finite", param, ctx)
-        return seconds
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
-
-
-class Size(click.ParamType):
-    """A number of characters: ``5000``, ``200k``, ``1MB``."""
-
-    name = "size"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        match = _SIZE.match(str(value))
-        if not match:
-            self.fail(f"{value!r} is not a size; write e.g. 200k or 1MB", param, ctx)
-        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-        if not 1 <= size <= 2_000_000_000:
-            self.fail("the size must be between 1 and 2G characters", param, ctx)
-        return size
-
-
-class FiniteFloatRange(click.FloatRange):
-    """A FloatRange that also refuses nan and inf, which slip past its bounds (they compare false)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
-# torch seeds its generators from a 64-bit integer.
-SEED = click.IntRange(-(2**63), 2**64 - 1)
+if TYPE_CHECKING:
+    from ..data.corpus import TextOptions
+    from ..training.distributed import DistributedContext
+    from ..training.trainer import Trainer
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -137,8 +83,8 @@ total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at o
 @click.option("--val-frac", type=FiniteFloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Fraction of the text, taken from the end, held out for validation.")
 @click.option("--eval-every", type=click.IntRange(min=1), help="Evaluate every N steps (default: six times per run).")
 @click.option("--seed", type=SEED, default=1337, show_default=True, help="Random seed for initialisation and dropout.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 autocast on CPUs/GPUs that run it fast, else fp32.")
+@device_option("auto")
+@precision_option(PRECISIONS, "auto", "auto: bf16 autocast on CPUs/GPUs that run it fast, else fp32.")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True, help="Parent directory for run directories.")
 @click.option("--name", help="Run name (default: corpus name and time).")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
@@ -154,6 +100,13 @@ total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at o
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="On a non-finite loss: stop, keeping the last good checkpoint, or skip the batch.")
 @click.option("--force", is_flag=True, help="Train even on a corpus whose characters look like binary data or are absurdly many.")
 def train(corpus: tuple[str, ...], **options: Any) -> None:
+    from ..data.cache import CorpusCache
+    from ..data.corpus import TextOptions, check_vocabulary
+    from ..data.sources import load_corpus
+    from ..training.distributed import launched
+    from ..training.presets import RunChoices, choose_configs
+    from ..training.trainer import Trainer
+
     text_options = TextOptions(
         options["encoding"], options["decode_errors"], options["keep_crlf"], options["lowercase"], options["nfc"]
     )
@@ -174,40 +127,11 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     data = loaded.corpus
     for warning in check_vocabulary(data.vocab, data.source, options["force"]):
         console.warn(warning)
-    if options["steps"] is None and options["epochs"] is None and options["time_budget"] is None:
-        options["time_budget"] = DEFAULT_TIME_BUDGET
-    preset = PRESETS[options["size"] or auto_size(options["time_budget"], len(data))]
-
-    def pick(name: str, fallback: Any) -> Any:
-        return options[name] if options[name] is not None else fallback
-
-    model_config = ModelConfig(
-        vocab_size=len(data.vocab),
-        emb_size=pick("emb", preset.emb_size),
-        hidden_size=pick("hidden", preset.hidden_size),
-        num_layers=pick("layers", preset.num_layers),
-        dropout=pick("dropout", preset.dropout if options["size"] else auto_dropout(options["time_budget"], preset)),
-        cell=options["cell"],
-    )
-    train_config = TrainConfig(
-        batch_size=pick("batch_size", preset.batch_size),
-        seq_len=pick("seq_len", preset.seq_len),
-        steps=options["steps"],
-        epochs=options["epochs"],
-        time_budget=options["time_budget"],
-        lr=pick("lr", preset.lr),
-        eval_every=options["eval_every"],
-        val_frac=options["val_frac"],
-        seed=options["seed"],
-        device=options["device"],
-        precision=options["precision"],
-        on_nan=options["on_nan"],
-    )
-    stem = _run_stem(corpus)
-    name = options["name"] or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = options["out"] / name
+    choices = RunChoices(**{name: options[name] for name in RunChoices.__dataclass_fields__})
+    model_config, train_config = choose_configs(choices, len(data), len(data.vocab))
+    name = options["name"] or f"{_run_stem(corpus)}-{time.strftime('%Y%m%d-%H%M%S')}"
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
-        _run_training(Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter(), distributed=distributed))
+        _run_training(Trainer(data, model_config, train_config, options["out"] / name, console.ConsoleTrainReporter(), distributed=distributed))
 
 
 # Options of `train` that a resumed run compares with, or takes over into, its recorded settings.
@@ -220,17 +144,16 @@ _TEXT_OPTIONS = ("encoding", "decode_errors", "keep_crlf", "lowercase", "nfc")
 def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separator: str, options: dict[str, Any],
                      distributed: DistributedContext | None) -> Trainer:
     """The run's Trainer at its last step, with only the options the user typed again applied."""
+    from ..training.presets import PRESETS
+    from ..training.resume import plan_resume
+
     ctx = click.get_current_context()
     given = {name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     for conflicting in ("name", "force", "min_char_count", "undecodable", "no_cache"):
         if conflicting in given:
             flag = conflicting.replace("_", "-")
             raise click.UsageError(f"--{flag} cannot be used with --resume: it applies only to a new run", ctx)
-    model_changes: dict[str, Any] = {}
-    if options["size"] is not None:
-        preset = PRESETS[options["size"]]
-        model_changes.update(num_layers=preset.num_layers, hidden_size=preset.hidden_size,
-                             emb_size=preset.emb_size, dropout=preset.dropout)
+    model_changes: dict[str, Any] = PRESETS[options["size"]].shape() if options["size"] is not None else {}
     model_changes.update({field: options[name] for name, field in _MODEL_OPTIONS.items() if name in given})
     plan = plan_resume(
         run=options["resume"] or None,
@@ -250,6 +173,10 @@ def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separat
 def _run_training(trainer: Trainer) -> None:
     """Train; a stop by signal saves the run, says how to resume, and exits 128 + the signal number.
     Under torchrun only rank 0 speaks."""
+    from ..training.checkpoint import read_metrics
+    from ..training.distributed import signals_arrive_twice
+    from . import views
+
     speak = trainer.is_main
 
     def stop_after_this_step(signum: int) -> None:
@@ -303,6 +230,8 @@ def corpus(ctx: click.Context, catalogue: Path | None) -> None:
 @click.pass_context
 def corpus_list(ctx: click.Context) -> None:
     """Show the corpora that 'charlstm corpus get' can download."""
+    from ..data.catalogue import load_catalogue
+
     console.print_catalogue(load_catalogue(ctx.obj["catalogue"]))
 
 
@@ -313,6 +242,8 @@ def corpus_list(ctx: click.Context) -> None:
 @click.pass_context
 def corpus_get(ctx: click.Context, name: str, directory: Path, unverified: bool) -> None:
     """Download NAME (resuming a partial download), verify its SHA-256, unpack it, print the path to train on."""
+    from ..data.catalogue import fetch, find_entry, load_catalogue
+
     entry = find_entry(load_catalogue(ctx.obj["catalogue"]), name)
     result = fetch(entry, directory, console.DownloadBar(), allow_unverified=unverified)
     if not result.verified:
@@ -328,6 +259,9 @@ def corpus_get(ctx: click.Context, name: str, directory: Path, unverified: bool)
 @click.option("--rarest", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many of the rarest characters to list.")
 def corpus_stats_command(sources: tuple[str, ...], encoding: str, rarest: int) -> None:
     """Size, characters, oddities and a fitting model size for text files, folders or patterns."""
+    from ..analysis.corpus_stats import corpus_stats
+    from ..data.corpus import TextOptions
+
     stats = corpus_stats(sources, TextOptions(encoding=encoding), rarest)
     console.note_skipped(stats.skipped)
     console.print_corpus_stats(stats)
@@ -340,7 +274,7 @@ ECHO_SECONDS = 2.0
 
 
 @cli.command()
-@click.option("-c", "--checkpoint", type=click.Path(path_type=Path), help="Run or checkpoint directory (default: newest run under ./checkpoints).")
+@checkpoint_option
 @click.option("--prime", default="", help="Text to start from; the sample continues it.")
 @click.option("--length", type=click.IntRange(min=1), default=500, show_default=True, help="Characters to generate.")
 @click.option("--temp", "temperature", type=FiniteFloatRange(0, 100), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
@@ -349,21 +283,22 @@ ECHO_SECONDS = 2.0
 @click.option("--seed", type=SEED, help="Random seed: the same seed gives the same text.")
 @click.option("-n", "--num-samples", type=click.IntRange(1, 4096), default=1, show_default=True, help="Number of samples, drawn as one batch.")
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
-@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of a run to use.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
+@which_option
+@device_option("cpu")
+@precision_option(PRECISIONS, "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
 def sample(checkpoint: Path | None, prime: str, length: int, temperature: float, top_k: int | None,
            top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str,
            precision: str) -> None:
     """Generate text from a trained model and stream it to stdout."""
     from ..base.runtime import resolve_device
+    from ..generation.generator import Generator, SamplingOptions
+    from ..training.checkpoint import load
 
     loaded = load(checkpoint, device=resolve_device(device), prefer=which)
     generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]
-    options = SamplingOptions(temperature, top_k, top_p)
-    stream = generator.stream(prime, length, options, num_samples, seed, unknown)  # type: ignore[arg-type]
     shown_prime = prime if unknown == "error" else loaded.vocab.decode(loaded.vocab.encode(prime, unknown))  # type: ignore[arg-type]
     if num_samples == 1:
+        stream = generator.stream(prime, length, SamplingOptions(temperature, top_k, top_p), 1, seed, unknown)  # type: ignore[arg-type]
         first = next(stream, None)  # validates the prime before anything is printed
         console.write_text(shown_prime)
         if first is not None:
@@ -372,19 +307,9 @@ def sample(checkpoint: Path | None, prime: str, length: int, temperature: float,
             console.write_text(chars[0])
         console.write_text("\n")
         return
-    pieces: list[list[str]] = [[] for _ in range(num_samples)]
-    for chars in stream:
-        for piece, char in zip(pieces, chars):
-            piece.append(char)
-    console.print_samples(("".join(p) for p in pieces), shown_prime)
+    console.print_samples(generator.generate(prime, length, temperature, top_k, top_p, num_samples, seed, unknown), shown_prime)  # type: ignore[arg-type]
 
 
-_CHECKPOINT_OPTION = click.option(
-    "-c", "--checkpoint", type=click.Path(path_type=Path),
-    help="Run or checkpoint directory (default: newest run under ./checkpoints).",
-)
-_WHICH_OPTION = click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
-                             help="Which checkpoint of a run to use.")
 
 
 def _text_argument(text: str | None, file: Path | None) -> str:
@@ -398,41 +323,40 @@ def _text_argument(text: str | None, file: Path | None) -> str:
 
 @cli.command("eval")
 @click.argument("file", type=click.Path(path_type=Path))
-@_CHECKPOINT_OPTION
-@_WHICH_OPTION
+@checkpoint_option
+@which_option
 @click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
               help="Score the whole file, or only the part a run trained on with this file cut off for "
                    "training or validation (its --val-frac).")
 @click.option("--streams", type=click.IntRange(min=1), help="Parallel streams to read the text in (default: the run's "
               "batch size, as the trainer evaluates; 1 reads the whole file as one stream).")
-@click.option("--precision", type=click.Choice(["bf16", "fp32"]), help="Arithmetic (default: what the run evaluated with).")
+@precision_option(["bf16", "fp32"], None, "Arithmetic (default: what the run evaluated with).")
 @click.option("--positions", is_flag=True, help="Score only the positions a synthetic corpus marks (from FILE.synth.json, "
               "written by 'charlstm corpus synth'), against its ideal and no-memory losses.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, streams: int | None,
              precision: str | None, positions: bool, as_json: bool) -> None:
     """Loss, bits per character and perplexity of FILE under a model."""
-    import json
-
+    from ..analysis.longrange import position_report
+    from ..analysis.scoring import evaluate_text, split_text
     from ..data.corpus import read_text
+    from ..training.checkpoint import load
+    from . import views
 
     loaded = load(checkpoint, prefer=which)
     if positions:
         if split != "all":
             raise click.UsageError("--positions scores the whole file; leave out --split")
-        marked, meta = load_positions(file)
-        scored = score_positions(loaded.model, loaded.vocab, read_text(file), marked)
-        figures = {"file": str(file), "kind": meta.get("kind"), "positions": scored.count, "loss": scored.loss,
-                   "accuracy": scored.accuracy, "ideal_loss": meta.get("ideal_loss"), "chance_loss": meta.get("chance_loss")}
+        figures = position_report(loaded.model, loaded.vocab, file)
         if as_json:
-            console.write_text(json.dumps(figures) + "\n")
+            console.write_json_line(figures)
         else:
             console.show_position_score(figures)
         return
-    text = analysis.split_text(read_text(file), float(loaded.config.get("train", {}).get("val_frac", 0.1)), split)  # type: ignore[arg-type]
-    result = analysis.evaluate_text(loaded, text, streams=streams, precision=precision)
+    text = split_text(read_text(file), float(loaded.config.get("train", {}).get("val_frac", 0.1)), split)  # type: ignore[arg-type]
+    result = evaluate_text(loaded, text, streams=streams, precision=precision)
     if as_json:
-        console.write_text(json.dumps({"file": str(file), "split": split, **result.to_dict()}, ensure_ascii=False) + "\n")
+        console.write_json_line({"file": str(file), "split": split, **result.to_dict()})
     else:
         views.show_eval(result, f"{file}" + ("" if split == "all" else f" ({split} split)"))
 
@@ -440,14 +364,18 @@ def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, stream
 @cli.command()
 @click.argument("text", required=False)
 @click.option("-f", "--file", type=click.Path(path_type=Path), help="Score this file instead of TEXT.")
-@_CHECKPOINT_OPTION
-@_WHICH_OPTION
+@checkpoint_option
+@which_option
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the heat-map as a self-contained HTML page.")
 @click.option("--spans", type=click.IntRange(0, 1000), default=5, show_default=True, help="How many of the most surprising words to list.")
 def score(text: str | None, file: Path | None, checkpoint: Path | None, which: str, html_path: Path | None, spans: int) -> None:
     """Colour each character of TEXT by the model's surprise at it (-log2 p, in bits)."""
+    from ..analysis.scoring import surprisal
+    from ..training.checkpoint import load, replacing
+    from . import views
+
     loaded = load(checkpoint, prefer=which)
-    result = analysis.surprisal(loaded, _text_argument(text, file))
+    result = surprisal(loaded, _text_argument(text, file))
     views.show_surprisal(result, spans)
     if html_path is not None:
         title = f"charlstm score: {file.name if file else loaded.name}"
@@ -459,18 +387,22 @@ def score(text: str | None, file: Path | None, checkpoint: Path | None, which: s
 @cli.command("inspect")
 @click.argument("text", required=False)
 @click.option("-f", "--file", type=click.Path(path_type=Path), help="Inspect on this file instead of TEXT.")
-@_CHECKPOINT_OPTION
-@_WHICH_OPTION
+@checkpoint_option
+@which_option
 @click.option("--layer", type=click.IntRange(min=0), help="Layer to look at (default: the last for --unit, all for --top).")
 @click.option("--unit", type=click.IntRange(min=0), help="Show this unit of the layer.")
 @click.option("--top", type=click.IntRange(1, 100), help="Rank units by how well they follow the features (default 8 when no --unit).")
-@click.option("--gate", "signal", type=click.Choice(gates.SIGNALS), default="cell", show_default=True,
+@click.option("--gate", "signal", type=click.Choice(SIGNALS), default="cell", show_default=True,
               help="What to show: the cell (tanh of the cell state) or the input, forget or output gate.")
-@click.option("--feature", "features", multiple=True, type=click.Choice(list(gates.FEATURES)),
+@click.option("--feature", "features", multiple=True, type=click.Choice(list(FEATURES)),
               help="Rank only by these features (repeatable; default: all).")
 def inspect_command(text: str | None, file: Path | None, checkpoint: Path | None, which: str, layer: int | None,
-            unit: int | None, top: int | None, signal: gates.Signal, features: tuple[str, ...]) -> None:
+            unit: int | None, top: int | None, signal: Signal, features: tuple[str, ...]) -> None:
     """Show what an LSTM's cells and gates do while reading TEXT."""
+    from ..analysis import gates
+    from ..training.checkpoint import load
+    from . import views
+
     if unit is not None and top is not None:
         raise click.UsageError("give --unit or --top, not both")
     loaded = load(checkpoint, prefer=which)
@@ -492,7 +424,10 @@ def inspect_command(text: str | None, file: Path | None, checkpoint: Path | None
               help="Which checkpoint's settings and progress to show (the curves cover the whole run).")
 def info(checkpoint: Path | None, which: str) -> None:
     """Model, vocabulary, training settings and loss curves of a run (default: the newest)."""
-    views.show_info(analysis.summarize_run(checkpoint, which))
+    from ..analysis.scoring import summarize_run
+    from . import views
+
+    views.show_info(summarize_run(checkpoint, which))
 
 
 @cli.command()
@@ -501,7 +436,11 @@ def info(checkpoint: Path | None, which: str) -> None:
               show_default=True, help="PNG file to write.")
 def plot(checkpoint: Path | None, output: Path) -> None:
     """Write a run's loss curves as a PNG (needs matplotlib: pip install 'charlstm[plot]')."""
-    summary = analysis.summarize_run(checkpoint)
+    from ..analysis.scoring import summarize_run
+    from ..training.checkpoint import replacing
+    from . import views
+
+    summary = summarize_run(checkpoint)
     with replacing(output) as staging:
         views.save_curve_png(summary.records, staging, summary.checkpoint.parent.name)
     console.note(f"wrote {output}")
@@ -514,6 +453,8 @@ def plot(checkpoint: Path | None, output: Path) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def corpus_synth(kind: str, out_path: Path, size: int, param: int | None, seed: int) -> None:
     """Generate a synthetic corpus that needs long-range memory (recall, brackets, counting)."""
+    from ..data.synth import make_synth
+
     made = make_synth(kind, size, param, seed)
     sidecar = made.save(out_path)
     console.show_synth(made, out_path, sidecar)
@@ -532,6 +473,8 @@ def demo() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_long_range(distances: str, time_budget: float, cells: str, hidden: int, seed: int) -> None:
     """Train RNN, GRU and LSTM cells of equal size on delayed recall and compare how far they remember."""
+    from ..analysis.longrange import DemoConfig, run_long_range_demo
+
     try:
         distance_list = tuple(int(d) for d in distances.split(","))
     except ValueError:
@@ -552,8 +495,8 @@ def demo_long_range(distances: str, time_budget: float, cells: str, hidden: int,
     rows = run_long_range_demo(config, progress=console.show_demo_progress)
     console.show_demo_table(rows)
 @cli.command("repl")
-@_CHECKPOINT_OPTION
-@_WHICH_OPTION
+@checkpoint_option
+@which_option
 @click.option("--temp", "temperature", type=click.FloatRange(0, 100), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
 @click.option("--len", "length", type=click.IntRange(1, 1_000_000), default=300, show_default=True, help="Characters to generate per turn.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k most likely characters.")
@@ -562,7 +505,7 @@ def demo_long_range(distances: str, time_budget: float, cells: str, hidden: int,
 @click.option("-n", "--num-samples", type=click.IntRange(1, 64), default=1, show_default=True, help="Continuations per turn.")
 @click.option("--stop", multiple=True, help=r'Stop a continuation once it ends with this (escapes such as \n work); repeatable.')
 @click.option("--mode", type=click.Choice(["fresh", "continue"]), default="fresh", show_default=True, help="continue: the model's state carries across turns.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@device_option("cpu")
 def repl_command(checkpoint: Path | None, which: str, temperature: float, length: int, top_k: int | None,
                  top_p: float | None, seed: int | None, num_samples: int, stop: tuple[str, ...], mode: str, device: str) -> None:
     """Type a beginning, watch the model continue it.
@@ -572,6 +515,7 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
     """
     from ..base.runtime import resolve_device
     from ..generation.session import ReplSettings, unescape
+    from ..training.checkpoint import load
     from . import repl
 
     target = resolve_device(device)
@@ -585,11 +529,13 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
 
 @cli.command()
 @click.option("--size", type=click.Choice(list(PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text).")
-@click.option("--steps", type=click.IntRange(min=1), default=BenchConfig.steps, show_default=True, help="Timed training steps for each of the two training loops.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 on CPUs that run it fast, else fp32.")
+@click.option("--steps", type=click.IntRange(min=1), default=24, show_default=True, help="Timed training steps for each of the two training loops.")
+@precision_option(PRECISIONS, "auto", "auto: bf16 on CPUs that run it fast, else fp32.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout instead of a table.")
 def bench(size: str | None, steps: int, precision: str, as_json: bool) -> None:
     """Measure training and sampling speed on this machine, against plain PyTorch in the same run."""
+    from ..analysis.bench import BenchConfig, default_size, run_bench
+
     config = BenchConfig(size=size or default_size(), steps=steps, precision=precision)  # type: ignore[arg-type]
     result = run_bench(config, on_phase=console.phase)
     if as_json:

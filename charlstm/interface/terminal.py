@@ -333,6 +333,11 @@ def write_json(data: Any) -> None:
     write_text(json.dumps(data, indent=2) + "\n")
 
 
+def write_json_line(data: Any) -> None:
+    """One JSON object on one line (characters as themselves, not escaped), for scripts and JSONL."""
+    write_text(json.dumps(data, ensure_ascii=False) + "\n")
+
+
 def phase(name: str) -> None:
     """A long measurement starting: a dim line on stderr so a silent minute is explained."""
     err.print(f"[dim]measuring {escape(name)}…[/]", soft_wrap=True)

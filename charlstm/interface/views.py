@@ -21,7 +21,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..analysis.gates import GateSaturation, LstmTrace, Signal, UnitMatch
+from ..analysis.features import Signal
+from ..analysis.gates import GateSaturation, LstmTrace, UnitMatch
 from ..analysis.scoring import EvalResult, RunSummary, Surprisal
 from ..base.errors import CharlstmError
 from ..base.runtime import LN2

@@ -34,14 +34,15 @@ from ..base.version import __version__
 from ..data.corpus import Vocab
 from ..model.config import ModelConfig
 from ..model.network import CharLSTM
-
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-STATE_FILE = "training_state.pt"
-METRICS_FILE = "metrics.jsonl"
-DEFAULT_ROOT = Path("checkpoints")
-TAGS = ("best", "last")
+from .layout import (
+    CONFIG_FILE,
+    DEFAULT_ROOT,
+    FORMAT_VERSION,
+    METRICS_FILE,
+    STATE_FILE,
+    TAGS,
+    WEIGHTS_FILE,
+)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -8,9 +8,11 @@ the experiments recorded in ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from ..base.runtime import Precision
 from ..model.config import ModelConfig
+from .config import NanPolicy, TrainConfig
 
 SizeName = Literal["tiny", "small", "medium", "large"]
 
@@ -26,6 +28,11 @@ class Preset:
     seq_len: int
     lr: float
     dropout: float
+
+    def shape(self) -> dict[str, Any]:
+        """The ModelConfig fields this preset sets (what ``--size`` changes when a run is resumed)."""
+        return {"num_layers": self.num_layers, "hidden_size": self.hidden_size, "emb_size": self.emb_size,
+                "dropout": self.dropout}
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """This preset's model shape for a vocabulary of ``vocab_size`` characters."""
@@ -72,3 +79,67 @@ def auto_dropout(time_budget: float | None, preset: Preset) -> float:
     if time_budget is None or time_budget <= 240:
         return preset.dropout
     return max(preset.dropout, 0.1)
+
+
+@dataclass(frozen=True)
+class RunChoices:
+    """What a user said about a new run (None: not said, let the rule choose). The command line
+    and the Python API both come through here, so a flag means the same thing from either."""
+
+    size: str | None = None
+    layers: int | None = None
+    hidden: int | None = None
+    emb: int | None = None
+    dropout: float | None = None
+    cell: str = "lstm"
+    batch_size: int | None = None
+    seq_len: int | None = None
+    lr: float | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    time_budget: float | None = None
+    eval_every: int | None = None
+    val_frac: float = 0.1
+    seed: int = 1337
+    device: str = "auto"
+    precision: Precision = "auto"
+    on_nan: NanPolicy = "stop"
+
+
+def choose_configs(choices: RunChoices, corpus_chars: int, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs for a new run: what the user gave, the rule for the rest.
+
+    With no budget at all a run gets :data:`DEFAULT_TIME_BUDGET`. An explicit ``size`` keeps its
+    preset's dropout; a chosen one gets :func:`auto_dropout` for the budget.
+    """
+    time_budget = choices.time_budget
+    if choices.steps is None and choices.epochs is None and time_budget is None:
+        time_budget = DEFAULT_TIME_BUDGET
+    preset = PRESETS[choices.size or auto_size(time_budget, corpus_chars)]
+
+    def given(value: Any, fallback: Any) -> Any:
+        return value if value is not None else fallback
+
+    model_config = ModelConfig(
+        vocab_size=vocab_size,
+        emb_size=given(choices.emb, preset.emb_size),
+        hidden_size=given(choices.hidden, preset.hidden_size),
+        num_layers=given(choices.layers, preset.num_layers),
+        dropout=given(choices.dropout, preset.dropout if choices.size else auto_dropout(time_budget, preset)),
+        cell=choices.cell,  # type: ignore[arg-type]
+    )
+    train_config = TrainConfig(
+        batch_size=given(choices.batch_size, preset.batch_size),
+        seq_len=given(choices.seq_len, preset.seq_len),
+        steps=choices.steps,
+        epochs=choices.epochs,
+        time_budget=time_budget,
+        lr=given(choices.lr, preset.lr),
+        eval_every=choices.eval_every,
+        val_frac=choices.val_frac,
+        seed=choices.seed,
+        device=choices.device,
+        precision=choices.precision,
+        on_nan=choices.on_nan,
+    )
+    return model_config, train_config

@@ -371,6 +371,12 @@ def check_vocabulary(vocab: Vocab, source: str, force: bool = False) -> list[str
     return warnings
 
 
+def validation_cut(length: int, val_frac: float) -> int:
+    """Where validation begins in a text of ``length`` characters: the tail is held out, in one
+    piece, so that training and any later scoring of a run's split agree to the character."""
+    return length - int(round(length * val_frac))
+
+
 @dataclass
 class Corpus:
     """A text as ids, with the vocabulary that maps between the two.
@@ -431,5 +437,5 @@ class Corpus:
         """Training ids first, validation ids last: one contiguous cut, as nanoGPT does."""
         if not 0.0 <= val_frac < 1.0:
             raise CorpusError(f"--val-frac must be in [0, 1), not {val_frac}")
-        cut = len(self.ids) - int(round(len(self.ids) * val_frac))
+        cut = validation_cut(len(self.ids), val_frac)
         return self.ids[:cut], self.ids[cut:]

@@ -413,13 +413,6 @@ class Corpus:
         ids = vocab.encode(text, unknown="replace" if folds_rare_chars else "error")
         return cls(source=source, vocab=vocab, ids=ids, sha256=sha256 or sha256_hex(text), files=list(files))
 
-    @classmethod
-    def from_file(cls, path: str | Path | None, options: TextOptions = TextOptions()) -> "Corpus":
-        """Read a corpus file, or the built-in default corpus when ``path`` is None."""
-        from .sources import load_corpus  # sources builds on this module
-
-        return load_corpus([path] if path is not None else None, options, cache=None).corpus
-
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from charlstm import Corpus, ModelConfig, TrainConfig, Trainer
+from charlstm import ModelConfig, TrainConfig, Trainer, read_corpus
 from charlstm.training.distributed import launched
 
 
@@ -46,7 +46,7 @@ def _rank_main(rank: int, setup: Setup, port: int, args: argparse.Namespace, out
     if setup.processes > 1:  # what torchrun would set
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(setup.processes),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    corpus = Corpus.from_file(args.corpus)
+    corpus = read_corpus(args.corpus)
     model = ModelConfig(vocab_size=len(corpus.vocab), emb_size=64, hidden_size=args.hidden, num_layers=args.layers, dropout=0.0)
     config = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps, val_frac=0.0,
                          warmup_steps=1, precision="fp32", device="cpu", preview_chars=0, log_every=0)

@@ -16,6 +16,7 @@ _PUBLIC = {
     "Corpus": "charlstm.data.corpus",
     "TextOptions": "charlstm.data.corpus",
     "Vocab": "charlstm.data.corpus",
+    "read_corpus": "charlstm.data.sources",
     "CharLSTM": "charlstm.model.network",
     "ModelConfig": "charlstm.model.config",
     "TrainConfig": "charlstm.training.config",

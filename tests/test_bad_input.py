@@ -204,9 +204,10 @@ def test_force_trains_on_a_vocabulary_that_looks_like_binary(tmp_path):
 def test_a_large_but_real_vocabulary_only_warns(tmp_path):
     text = "".join(chr(0x4E00 + i) for i in range(10_500)) * 2
     corpus = corpus_file(text.encode())(tmp_path)
-    from charlstm.data.corpus import Corpus, check_vocabulary
+    from charlstm.data.corpus import check_vocabulary
+    from charlstm.data.sources import read_corpus
 
-    warnings = check_vocabulary(Corpus.from_file(corpus).vocab, "text.txt")
+    warnings = check_vocabulary(read_corpus(corpus).vocab, "text.txt")
     assert warnings == ["text.txt has 10,500 distinct characters; the model will be large and slow"]
 
 

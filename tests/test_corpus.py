@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from charlstm.base.errors import CorpusError, UnknownCharactersError
 from charlstm.data.corpus import Corpus, TextOptions, Vocab, decode_bytes, read_text
+from charlstm.data.sources import read_corpus
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_validation_split_is_the_contiguous_tail():
 
 
 def test_default_corpus_is_python_source():
-    corpus = Corpus.from_file(None)
+    corpus = read_corpus(None)
     assert len(corpus) > 100_000
     assert "def " in corpus.vocab.decode(corpus.ids[:5000])
 

@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import TINY_MODEL, CliOutcome, main_outcome, tiny_train_config
 
-from charlstm import CharLSTM, Corpus, ModelConfig, Trainer, cli, load
+from charlstm import CharLSTM, Corpus, ModelConfig, Trainer, cli, load, read_corpus
 from charlstm.base.errors import CharlstmError
 from charlstm.data.batches import StreamBatches
 from charlstm.interface import terminal as console
@@ -135,7 +135,7 @@ def _rank_main(rank: int, ports: list[int], corpus_file: Path, out: Path) -> Non
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(ports[0]), TORCHELASTIC_RUN_ID="test")
     torch.set_num_threads(1)
-    corpus = Corpus.from_file(corpus_file)
+    corpus = read_corpus(corpus_file)
     config = ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL)
     stopped = StopRequestedAt(corpus, config, tiny_train_config(steps=STEPS), out / "stopped",
                               distributed=DistributedContext.from_env())
@@ -230,7 +230,7 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_as_if_never_stopped(two_rank_r
     saved = load_training_state(stopped / "last")
     assert saved["step"] == STEPS // 2
     assert [tuple(h.shape) for h in saved["hidden"]] == [(2, 8, 48)] * 2, "the whole batch's hidden state is saved"
-    corpus = Corpus.from_file(tiny_corpus_file)
+    corpus = read_corpus(tiny_corpus_file)
     config = ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL)
     weights = load(stopped, prefer="last").model.state_dict()
     Trainer(corpus, config, tiny_train_config(steps=STEPS), stopped, resume_state=saved, model_state=weights).train()

@@ -30,7 +30,7 @@ from ..model.network import CharLSTM
 from ..model.stepper import LSTMStepper
 from ..training.config import TrainConfig
 from ..training.presets import DEFAULT_TIME_BUDGET, PRESETS, auto_size
-from ..training.reporting import EvalStats, RunInfo, StepStats, TrainResult
+from ..training.reporting import SilentReporter, StepStats
 from ..training.trainer import Trainer
 
 BENCH_VOCAB_SIZE = 65
@@ -172,23 +172,14 @@ def bench_text(num_chars: int, vocab: Vocab, seed: int = 0) -> str:
     return "".join(np.random.default_rng(seed).choice(np.array(vocab.chars), num_chars))
 
 
-class _StepClock:
+class _StepClock(SilentReporter):
     """A trainer reporter that notes when each step ends, so the timing covers the whole loop."""
 
     def __init__(self) -> None:
         self.step_ends: list[float] = []
 
-    def start(self, info: RunInfo) -> None:
-        pass
-
     def step(self, stats: StepStats) -> None:
         self.step_ends.append(time.perf_counter())
-
-    def evaluated(self, stats: EvalStats) -> None:
-        pass
-
-    def finish(self, result: TrainResult) -> None:
-        pass
 
 
 def _time_charlstm_training(corpus: Corpus, model_config: ModelConfig, train_config: TrainConfig) -> float:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..base.errors import CharlstmError, CorpusError
 from ..base.runtime import LN2
-from ..data.corpus import Vocab
+from ..data.corpus import Vocab, validation_cut
 from ..generation.generator import Generator
 from ..model.network import CharLSTM
 from ..training.checkpoint import (
@@ -41,10 +41,10 @@ CHUNK = 4096
 
 def split_text(text: str, val_frac: float, part: Split) -> str:
     """The part of ``text`` that a run with ``val_frac`` trained or validated on (the same cut as
-    :meth:`Corpus.split`: validation is the tail)."""
+    :meth:`Corpus.split`, through :func:`validation_cut`)."""
     if part == "all":
         return text
-    cut = len(text) - int(round(len(text) * val_frac))
+    cut = validation_cut(len(text), val_frac)
     return text[:cut] if part == "train" else text[cut:]
 
 

@@ -4,8 +4,8 @@ Encoding 100 MB of text takes seconds; loading its saved ids with
 ``np.load(mmap_mode="r")`` takes milliseconds and costs no memory until pages are
 read. An entry's key is a hash of the files' contents (their SHA-256) and of every
 option that changes the ids, so an edited file or a different option finds no entry
-and the corpus is encoded afresh. Entries are written under a temporary name and
-renamed into place, and the metadata file is written last: an entry that has its
+and the corpus is encoded afresh. Each file of an entry is replaced atomically
+(:mod:`charlstm.base.fsutil`), and the metadata file is written last: an entry that has its
 metadata is complete.
 """
 
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..base.errors import CharlstmError
+from ..base.fsutil import atomic_write_text, replacing, user_dir
 
 CACHE_ENV = "CHARLSTM_CACHE_DIR"
 # Bump when the layout of an entry or the meaning of the ids changes.
@@ -26,11 +28,7 @@ CACHE_FORMAT = 1
 
 def default_cache_dir() -> Path:
     """``$CHARLSTM_CACHE_DIR``, else ``$XDG_CACHE_HOME/charlstm/corpora``, else ``~/.cache/charlstm/corpora``."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "charlstm" / "corpora"
+    return user_dir("cache", "corpora", CACHE_ENV)
 
 
 def cache_key(description: dict[str, Any]) -> str:
@@ -67,17 +65,11 @@ class CorpusCache:
         never fails the run that is encoding the corpus.
         """
         ids_path, meta_path = self._paths(key)
-        suffix = f".tmp-{os.getpid()}"
-        ids_tmp, meta_tmp = ids_path.with_name(ids_path.name + suffix), meta_path.with_name(meta_path.name + suffix)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with open(ids_tmp, "wb") as handle:
+            with replacing(ids_path) as staging, open(staging, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(ids))
-            os.replace(ids_tmp, ids_path)
-            meta_tmp.write_text(json.dumps({**meta, "chars": len(ids)}, ensure_ascii=False), encoding="utf-8")
-            os.replace(meta_tmp, meta_path)
-        except OSError:
-            for leftover in (ids_tmp, meta_tmp):
-                leftover.unlink(missing_ok=True)
+            atomic_write_text(meta_path, json.dumps({**meta, "chars": len(ids)}, ensure_ascii=False))
+        except (OSError, CharlstmError):
             return False
         return True

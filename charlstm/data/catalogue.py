@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from ..base.errors import CorpusError
+from ..base.fsutil import replacing
 from ..base.version import __version__
 
 CATALOGUE_ENV = "CHARLSTM_CATALOGUE"
@@ -205,18 +206,16 @@ def _download(entry: CatalogueEntry, part: Path, progress: DownloadProgress) -> 
 
 def _unpack(entry: CatalogueEntry, archive: Path, target: Path) -> None:
     """Write the text out of ``archive`` to ``target``, whole or not at all."""
-    staging = target.with_name(target.name + ".unpacking")
-    try:
-        if entry.unpack == "zip":
-            with zipfile.ZipFile(archive) as bundle, bundle.open(entry.member or target.name) as source, open(staging, "wb") as sink:
-                shutil.copyfileobj(source, sink, _BLOCK)
-        else:
-            with gzip.open(archive, "rb") as source, open(staging, "wb") as sink:
-                shutil.copyfileobj(source, sink, _BLOCK)
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as error:
-        staging.unlink(missing_ok=True)
-        raise CorpusError(f"cannot unpack {archive}: {error}; delete it and download it again") from None
-    os.replace(staging, target)
+    with replacing(target) as staging:
+        try:
+            if entry.unpack == "zip":
+                with zipfile.ZipFile(archive) as bundle, bundle.open(entry.member or target.name) as source, open(staging, "wb") as sink:
+                    shutil.copyfileobj(source, sink, _BLOCK)
+            else:
+                with gzip.open(archive, "rb") as source, open(staging, "wb") as sink:
+                    shutil.copyfileobj(source, sink, _BLOCK)
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError) as error:
+            raise CorpusError(f"cannot unpack {archive}: {error}; delete it and download it again") from None
 
 
 def fetch(

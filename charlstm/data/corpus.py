@@ -371,6 +371,12 @@ def check_vocabulary(vocab: Vocab, source: str, force: bool = False) -> list[str
     return warnings
 
 
+def validation_cut(length: int, val_frac: float) -> int:
+    """Where validation begins in a text of ``length`` characters: the tail is held out, in one
+    piece, so that training and any later scoring of a run's split agree to the character."""
+    return length - int(round(length * val_frac))
+
+
 @dataclass
 class Corpus:
     """A text as ids, with the vocabulary that maps between the two.
@@ -407,13 +413,6 @@ class Corpus:
         ids = vocab.encode(text, unknown="replace" if folds_rare_chars else "error")
         return cls(source=source, vocab=vocab, ids=ids, sha256=sha256 or sha256_hex(text), files=list(files))
 
-    @classmethod
-    def from_file(cls, path: str | Path | None, options: TextOptions = TextOptions()) -> "Corpus":
-        """Read a corpus file, or the built-in default corpus when ``path`` is None."""
-        from .sources import load_corpus  # sources builds on this module
-
-        return load_corpus([path] if path is not None else None, options, cache=None).corpus
-
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -431,5 +430,5 @@ class Corpus:
         """Training ids first, validation ids last: one contiguous cut, as nanoGPT does."""
         if not 0.0 <= val_frac < 1.0:
             raise CorpusError(f"--val-frac must be in [0, 1), not {val_frac}")
-        cut = len(self.ids) - int(round(len(self.ids) * val_frac))
+        cut = validation_cut(len(self.ids), val_frac)
         return self.ids[:cut], self.ids[cut:]

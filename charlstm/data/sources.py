@@ -231,6 +231,12 @@ def load_corpus(
     return LoadedCorpus(corpus, skipped, from_cache=False)
 
 
+def read_corpus(path: str | Path | None, options: TextOptions = TextOptions()) -> Corpus:
+    """One file as a corpus, or the built-in default corpus when ``path`` is None: the short
+    way in for library use, without the cache or the report of skipped files."""
+    return load_corpus([path] if path is not None else None, options, cache=None).corpus
+
+
 def _how_read(
     sources: Sequence[str | Path] | None, kept: list[CorpusFile], options: TextOptions, separator: str, min_char_count: int
 ) -> dict[str, Any]:

@@ -18,18 +18,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import warnings
-from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..base.errors import CharlstmError, CheckpointError
+from ..base.errors import CheckpointError
+from ..base.fsutil import previous_dir, replacing_dir
+from ..base.fsutil import replacing as replacing  # still imported from here by interface/cli.py; new code takes it from base.fsutil
 from ..base.version import __version__
 from ..data.corpus import Vocab
 from ..model.config import ModelConfig
@@ -45,24 +45,6 @@ from .layout import (
 )
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
 def write_checkpoint(
     run_dir: Path,
     tag: str,
@@ -71,49 +53,14 @@ def write_checkpoint(
     training_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``run_dir/tag`` in full, then swap it in; returns the checkpoint directory."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / tag
-    staging = run_dir / f".{tag}.tmp-{os.getpid()}"
-    previous = run_dir / f"{tag}.old"
-    for stale in run_dir.glob(f".{tag}.tmp-*"):  # left by a process killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with replacing_dir(final) as staging:
         weights = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
         save_file(weights, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "charlstm": __version__})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         if training_state is not None:
             torch.save(training_state, staging / STATE_FILE)
-        for child in staging.iterdir():
-            _fsync_file(child)
-        _fsync_dir(staging)
-        if final.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            final.rename(previous)
-        staging.rename(final)
-        _fsync_dir(run_dir)
-        shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not final.exists() and previous.exists():
-            previous.rename(final)
-        raise
     return final
-
-
-@contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write; it replaces ``path`` only once complete,
-    so a report or picture being overwritten is never left half-written."""
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield staging
-        _fsync_file(staging)
-        os.replace(staging, path)
-    except OSError as error:
-        raise CharlstmError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        staging.unlink(missing_ok=True)
 
 
 def prepare_run_dir(run_dir: Path, new_run: bool) -> None:
@@ -174,7 +121,7 @@ def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
 
 def _existing_tag_dir(run_dir: Path, tag: str) -> Path | None:
     """The tag's directory, or the one a crash mid-swap left as ``tag.old``."""
-    for candidate in (run_dir / tag, run_dir / f"{tag}.old"):
+    for candidate in (run_dir / tag, previous_dir(run_dir / tag)):
         if (candidate / WEIGHTS_FILE).is_file() and (candidate / CONFIG_FILE).is_file():
             return candidate
     return None

@@ -3,7 +3,13 @@ from pathlib import Path
 import pytest
 
 from charlstm.base.errors import CharlstmError
-from charlstm.base.fsutil import atomic_write_text, previous_dir, replacing, replacing_dir, user_dir
+from charlstm.base.fsutil import (
+    atomic_write_text,
+    previous_dir,
+    replacing,
+    replacing_dir,
+    user_dir,
+)
 
 
 def test_replacing_leaves_the_old_file_intact_when_the_write_raises(tmp_path):

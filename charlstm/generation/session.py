@@ -20,17 +20,16 @@ The benchmark and the tests drive the very code path a user's Enter key drives.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import secrets
 import shlex
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 from ..base.errors import CharlstmError, UnknownCharactersError
+from ..base.fsutil import atomic_write_text
 from ..data.corpus import UnknownPolicy
 from ..model.network import State
 from ..training.checkpoint import LoadedModel
@@ -406,7 +405,7 @@ class ReplSession:
                 label = f" · continuation {index} of {len(record.continuations)}" if len(record.continuations) > 1 else ""
                 lines.append(header + label)
                 lines.append(record.text + continuation)
-        write_text_atomically(path, "\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _is_transcript(path: Path) -> bool:
@@ -415,23 +414,3 @@ def _is_transcript(path: Path) -> bool:
             return handle.readline().startswith(TRANSCRIPT_MARK)
     except (OSError, UnicodeDecodeError):
         return False
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename: a crash leaves the old file or the new."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise CharlstmError(f"cannot write {path}: the folder {directory} does not exist")
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as error:
-        raise CharlstmError(f"cannot write {path}: {error.strerror}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

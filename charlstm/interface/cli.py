@@ -371,7 +371,8 @@ def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, stream
 def score(text: str | None, file: Path | None, checkpoint: Path | None, which: str, html_path: Path | None, spans: int) -> None:
     """Colour each character of TEXT by the model's surprise at it (-log2 p, in bits)."""
     from ..analysis.scoring import surprisal
-    from ..training.checkpoint import load, replacing
+    from ..base.fsutil import replacing
+    from ..training.checkpoint import load
     from . import views
 
     loaded = load(checkpoint, prefer=which)
@@ -437,7 +438,7 @@ def info(checkpoint: Path | None, which: str) -> None:
 def plot(checkpoint: Path | None, output: Path) -> None:
     """Write a run's loss curves as a PNG (needs matplotlib: pip install 'charlstm[plot]')."""
     from ..analysis.scoring import summarize_run
-    from ..training.checkpoint import replacing
+    from ..base.fsutil import replacing
     from . import views
 
     summary = summarize_run(checkpoint)

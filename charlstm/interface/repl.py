@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..base.errors import CharlstmError
+from ..base.fsutil import user_dir
 from ..data.corpus import UnknownPolicy
 from ..generation.session import (
     OFF_WORDS,
@@ -64,11 +65,7 @@ COMMAND_NAMES = sorted([*SETTINGS, *ACTIONS])
 
 def history_path() -> Path:
     """Where the input history persists: $CHARLSTM_REPL_HISTORY, else the user's data directory."""
-    override = os.environ.get(HISTORY_ENV)
-    if override:
-        return Path(override)
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "charlstm" / "repl_history"
+    return user_dir("data", "repl_history", HISTORY_ENV)
 
 
 class Completer:

@@ -29,7 +29,6 @@ from safetensors.torch import load_file, save_file
 
 from ..base.errors import CheckpointError
 from ..base.fsutil import previous_dir, replacing_dir
-from ..base.fsutil import replacing as replacing  # still imported from here by interface/cli.py; new code takes it from base.fsutil
 from ..base.version import __version__
 from ..data.corpus import Vocab
 from ..model.config import ModelConfig

@@ -32,6 +32,7 @@ from .checkpoint import (
     saved_steps,
     write_checkpoint,
 )
+from . import schedule
 from .config import TrainConfig
 from .distributed import DistributedContext
 from .evaluation import evaluation_totals
@@ -175,35 +176,15 @@ class Trainer:
 
     # -- schedule -----------------------------------------------------------------
 
-    @property
-    def total_windows(self) -> float | None:
-        return None if self.config.epochs is None else self.config.epochs * len(self.batches)
-
     def progress(self) -> float:
-        """How far through its budget the run is, 0 to 1, by its tightest limit."""
-        fractions = [0.0]
-        if self.config.steps is not None:
-            fractions.append(self.step / max(1, self.config.steps))
-        if self.total_windows is not None:
-            fractions.append(self.step / max(1.0, self.total_windows))
-        if self.config.time_budget is not None:
-            fractions.append(self.elapsed / max(1e-9, self.config.time_budget))
-        return min(1.0, max(fractions))
+        total_windows = None if self.config.epochs is None else self.config.epochs * len(self.batches)
+        return schedule.progress(self.step, self.elapsed, self.config.steps, total_windows, self.config.time_budget)
 
     def learning_rate(self) -> float:
-        """Linear warmup, then cosine decay to ``min_lr_ratio`` of the peak by the end."""
-        peak = self.config.lr
-        if self.step < self.config.warmup_steps:
-            return peak * (self.step + 1) / self.config.warmup_steps
-        floor = peak * self.config.min_lr_ratio
-        return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * self.progress()))
+        return schedule.learning_rate(self.step, self.progress(), self.config)
 
     def _eval_due(self) -> bool:
-        if self.config.val_frac <= 0:
-            return False
-        if self.config.eval_every is not None:
-            return self.step % self.config.eval_every == 0
-        return self.progress() >= (self.evals_done + 1) / self.config.evals_per_run
+        return schedule.evaluation_due(self.step, self.progress(), self.evals_done, self.config)
 
     # -- persistence --------------------------------------------------------------
 

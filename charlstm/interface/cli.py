@@ -26,7 +26,7 @@ from ..data.catalogue import fetch, find_entry, load_catalogue
 from ..data.corpus import DEFAULT_CORPUS_DESCRIPTION, TextOptions, check_vocabulary
 from ..data.sources import load_corpus
 from ..data.synth import SYNTH_KINDS, load_positions, make_synth
-from ..generation.generator import Generator, SamplingOptions
+from ..generation.generator import Generator, SamplingOptions, preview_text
 from ..model.config import ModelConfig
 from ..training.checkpoint import DEFAULT_ROOT, load, read_metrics, replacing
 from ..training.config import TrainConfig
@@ -206,7 +206,8 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     name = options["name"] or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = options["out"] / name
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
-        _run_training(Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter(), distributed=distributed))
+        _run_training(Trainer(data, model_config, train_config, run_dir, console.ConsoleTrainReporter(), distributed=distributed,
+                                preview=preview_text))
 
 
 # Options of `train` that a resumed run compares with, or takes over into, its recorded settings.
@@ -243,7 +244,7 @@ def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separat
     if distributed is None or distributed.is_main:
         for warning in plan.warnings:
             console.warn(warning)
-    return plan.trainer(console.ConsoleTrainReporter(), distributed)
+    return plan.trainer(console.ConsoleTrainReporter(), distributed, preview=preview_text)
 
 
 def _run_training(trainer: Trainer) -> None:

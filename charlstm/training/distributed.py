@@ -126,6 +126,16 @@ class DistributedContext:
             raise failure
         return result
 
+    def own_rng(self, saved: dict[str, Any], seed: int, step: int) -> torch.Tensor:
+        """This rank's RNG state from a saved training state; on a different number of ranks, rank 0 takes
+        the saved one and the others a fresh stream of their own (only dropout draws from it)."""
+        if self.is_main:
+            return saved["rng"]
+        by_rank = saved.get("rank_rng") or []
+        if len(by_rank) == self.world_size:
+            return by_rank[self.rank]
+        return torch.Generator().manual_seed(hash((seed, self.rank, step))).get_state()
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` behind DDP, so that backward averages the gradients over the ranks. The caller must
         hold the wrapper in one place only and let it go however training ends: left alive past the
@@ -167,6 +177,9 @@ class SingleProcess:
 
     def on_main(self, action: Callable[[], T]) -> T:
         return action()
+
+    def own_rng(self, saved: dict[str, Any], seed: int, step: int) -> torch.Tensor:
+        return saved["rng"]
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model

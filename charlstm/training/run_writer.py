@@ -17,7 +17,13 @@ from ..base.version import __version__
 from ..data.corpus import Corpus
 from ..model.config import ModelConfig
 from ..model.network import CharLSTM
-from .checkpoint import FORMAT_VERSION, append_metrics, prepare_run_dir, saved_steps, write_checkpoint
+from .checkpoint import (
+    FORMAT_VERSION,
+    append_metrics,
+    prepare_run_dir,
+    saved_steps,
+    write_checkpoint,
+)
 from .config import TrainConfig
 from .distributed import Sync
 from .run_state import RunState

@@ -99,8 +99,7 @@ class Trainer:
         self.run = RunState()
         self.hidden: State = self.model.init_state(self.batches.batch_size, self.device)
         self._skips_in_a_row = 0
-        self._stop_requested = False
-        self._stopping = False
+        self._stop_requested = self._stopping = False
         self._resumed = resume_state is not None
         if resume_state is not None:
             self._restore(resume_state)
@@ -149,20 +148,10 @@ class Trainer:
             if [h.shape for h in hidden] != [e.shape for e in self.hidden]:
                 raise ValueError(f"hidden state of shape {[tuple(h.shape) for h in hidden]} for a model with {[tuple(e.shape) for e in self.hidden]}")
             self.optimizer.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(self._own_rng(saved, run.step))
+            torch.set_rng_state(self.distributed.own_rng(saved, self.config.seed, run.step))
             if "cuda_rng" in saved and self.device.type == "cuda":
                 torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         self.run, self.hidden = run, hidden
-
-    def _own_rng(self, saved: dict[str, Any], step: int) -> torch.Tensor:
-        """This rank's saved RNG; on a different number of ranks, rank 0 takes the saved one and the
-        others a fresh stream of their own (only dropout draws from it)."""
-        if self.is_main:
-            return saved["rng"]
-        by_rank = saved.get("rank_rng") or []
-        if len(by_rank) == self.distributed.world_size:
-            return by_rank[self.distributed.rank]
-        return torch.Generator().manual_seed(hash((self.config.seed, self.distributed.rank, step))).get_state()
 
     def save(self, tag: str = "last") -> Path:
         state = self.training_state() if tag == "last" else None

@@ -58,7 +58,7 @@ def test_disk_full_when_appending_metrics_is_reported_too(tmp_path, tiny_corpus_
     def no_space(run_dir, record):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("charlstm.training.trainer.append_metrics", no_space)
+    monkeypatch.setattr("charlstm.training.run_writer.append_metrics", no_space)
     line = main_outcome(*train_args(tiny_corpus_file, tmp_path, "--steps", "10", "--eval-every", "5")).final_error_line
     assert "could not write metrics.jsonl at step 5" in line and "no checkpoint had been saved yet; " in line
 

@@ -99,9 +99,9 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_corpus_file, monkeypatc
 def test_resumed_trainer_starts_where_the_run_stopped(run_copy):
     saved = load_training_state(run_copy / "last")
     trainer = plan_resume(run_copy, train_changes={"steps": 20}).trainer()
-    assert (trainer.step, trainer.window, trainer.epoch) == (saved["step"], saved["window"], saved["epoch"])
-    assert trainer.elapsed == saved["elapsed"]  # a time budget counts the time already spent
-    assert trainer.best_val_loss == saved["best_val_loss"]
+    assert (trainer.run.step, trainer.run.window, trainer.run.epoch) == (saved["step"], saved["window"], saved["epoch"])
+    assert trainer.run.elapsed == saved["elapsed"]  # a time budget counts the time already spent
+    assert trainer.run.best_val_loss == saved["best_val_loss"]
 
 
 def test_a_finished_run_is_extended_only_by_a_larger_budget(run_copy):

@@ -48,7 +48,7 @@ def test_schedule_warms_up_then_decays_to_the_floor(tmp_path, tiny_text):
                       tiny_train_config(steps=100, warmup_steps=10, lr=1e-2, min_lr_ratio=0.1), tmp_path)
     rates = []
     for step in range(101):
-        trainer.step = step
+        trainer.run.step = step
         rates.append(trainer.learning_rate())
     assert rates[0] < rates[5] < rates[9] == 1e-2
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))

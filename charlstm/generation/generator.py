@@ -270,3 +270,11 @@ class Generator:
             for piece, char in zip(pieces, step):
                 piece.append(char)
         return ["".join(piece) for piece in pieces]
+
+
+def preview_text(model: CharLSTM, vocab: Vocab, step: int, length: int = 160) -> str:
+    """A sample shown at a training run's evaluations (the trainer's preview hook): seeded by the step, so
+    it never touches the training RNG and a resumed run shows the same text; the model is left in training mode."""
+    text = Generator(model, vocab).generate("", length, temperature=0.8, seed=step)[0]
+    model.train()
+    return text

@@ -103,6 +103,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     from ..data.cache import CorpusCache
     from ..data.corpus import TextOptions, check_vocabulary
     from ..data.sources import load_corpus
+    from ..generation.generator import preview_text
     from ..training.distributed import launched
     from ..training.presets import RunChoices, choose_configs
     from ..training.trainer import Trainer
@@ -131,7 +132,8 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     model_config, train_config = choose_configs(choices, len(data), len(data.vocab))
     name = options["name"] or f"{_run_stem(corpus)}-{time.strftime('%Y%m%d-%H%M%S')}"
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
-        _run_training(Trainer(data, model_config, train_config, options["out"] / name, console.ConsoleTrainReporter(), distributed=distributed))
+        _run_training(Trainer(data, model_config, train_config, options["out"] / name, console.ConsoleTrainReporter(),
+                              distributed=distributed, preview=preview_text))
 
 
 # Options of `train` that a resumed run compares with, or takes over into, its recorded settings.
@@ -144,6 +146,7 @@ _TEXT_OPTIONS = ("encoding", "decode_errors", "keep_crlf", "lowercase", "nfc")
 def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separator: str, options: dict[str, Any],
                      distributed: DistributedContext | None) -> Trainer:
     """The run's Trainer at its last step, with only the options the user typed again applied."""
+    from ..generation.generator import preview_text
     from ..training.presets import PRESETS
     from ..training.resume import plan_resume
 
@@ -167,7 +170,7 @@ def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separat
     if distributed is None or distributed.is_main:
         for warning in plan.warnings:
             console.warn(warning)
-    return plan.trainer(console.ConsoleTrainReporter(), distributed)
+    return plan.trainer(console.ConsoleTrainReporter(), distributed, preview=preview_text)
 
 
 def _run_training(trainer: Trainer) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from ..base.errors import CharlstmError
 
@@ -125,9 +126,67 @@ class DistributedContext:
             raise failure
         return result
 
+    def own_rng(self, saved: dict[str, Any], seed: int, step: int) -> torch.Tensor:
+        """This rank's RNG state from a saved training state; on a different number of ranks, rank 0 takes
+        the saved one and the others a fresh stream of their own (only dropout draws from it)."""
+        if self.is_main:
+            return saved["rng"]
+        by_rank = saved.get("rank_rng") or []
+        if len(by_rank) == self.world_size:
+            return by_rank[self.rank]
+        return torch.Generator().manual_seed(hash((seed, self.rank, step))).get_state()
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` behind DDP, so that backward averages the gradients over the ranks. The caller must
+        hold the wrapper in one place only and let it go however training ends: left alive past the
+        process group's destruction, DDP would free the group itself with the GIL held while gloo's worker
+        threads wait for the GIL (a run stopped by Ctrl-C hung at exit that way)."""
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class SingleProcess:
+    """The one process of a plain run, with DistributedContext's interface: every collective is the
+    identity on its own values, so the trainer has one code path and decides only at construction."""
+
+    rank = 0
+    world_size = 1
+    is_main = True
+
+    def bind(self, device: torch.device) -> torch.device:
+        return device
+
+    def rows(self, batch_size: int) -> slice:
+        return slice(None)
+
+    def gather_values(self, *values: float) -> torch.Tensor:
+        return torch.tensor([values], dtype=torch.float64)
+
+    def sum(self, *values: float) -> list[float]:
+        return list(values)
+
+    def gather_rows(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        return tensor.detach().cpu()
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        return [value]
+
+    def on_main(self, action: Callable[[], T]) -> T:
+        return action()
+
+    def own_rng(self, saved: dict[str, Any], seed: int, step: int) -> torch.Tensor:
+        return saved["rng"]
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+
+# What the trainer synchronises through: the ranks of a torchrun launch, or the one plain process.
+Sync = DistributedContext | SingleProcess
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import DistributedContext
 from .reporting import TrainReporter
-from .trainer import Trainer
+from .trainer import Preview, Trainer
 
 BUDGET_SETTINGS = ("steps", "epochs", "time_budget")
 ADJUSTABLE_SETTINGS = ("lr", "eval_every", "device", "precision", "on_nan")
@@ -56,7 +56,9 @@ class ResumePlan:
     def run_dir(self) -> Path:
         return self.checkpoint_dir.parent
 
-    def trainer(self, reporter: TrainReporter | None = None, distributed: DistributedContext | None = None) -> Trainer:
+    def trainer(
+        self, reporter: TrainReporter | None = None, distributed: DistributedContext | None = None, preview: Preview | None = None
+    ) -> Trainer:
         """The run's Trainer, positioned at its last step; refuses a run whose budget is spent.
 
         With ``distributed`` (from torchrun) it is one rank of a data-parallel continuation, on any
@@ -72,6 +74,7 @@ class ResumePlan:
             resume_state=self.training_state,
             model_state=self.model_state,
             distributed=distributed,
+            preview=preview,
         )
         if trainer.progress() >= 1.0:
             budget = ", ".join(

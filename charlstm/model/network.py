@@ -8,6 +8,8 @@ module's own weights, to put cheaper dropout masks between the layers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,6 +98,14 @@ class CharLSTM(nn.Module):
             hidden, *after = run_layer(hidden, hx, weights, True, 1, 0.0, True, False, True)
             layer_states.append(tuple(after))
         return hidden, tuple(torch.cat(parts) for parts in zip(*layer_states))
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser groups with weight decay on the matrices only: the model knows which of its
+        parameters are which (nanoGPT's ``configure_optimizers``), so the trainer never matches names."""
+        decays = {name: p.dim() >= 2 and not name.startswith("embedding") for name, p in self.named_parameters()}
+        decay = [p for name, p in self.named_parameters() if decays[name]]
+        rest = [p for name, p in self.named_parameters() if not decays[name]]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -94,7 +94,7 @@ class Trainer:
         if not self.is_main:
             torch.manual_seed(config.seed + self.distributed.rank)  # ranks past 0 draw dropout masks of their own
         self.optimizer = torch.optim.AdamW(
-            self._param_groups(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
+            self.model.param_groups(config.weight_decay), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
         )
         self.run = RunState()
         self.hidden: State = self.model.init_state(self.batches.batch_size, self.device)
@@ -105,12 +105,6 @@ class Trainer:
             self._restore(resume_state)
         self._resumed_from = self.run.step
         self._session_start = (0, 0.0)
-
-    def _param_groups(self) -> list[dict[str, Any]]:
-        """Weight decay on matrices only: biases and embeddings are left alone."""
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
-        rest = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embedding"))]
-        return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
 
     @property
     def step(self) -> int:

@@ -50,6 +50,7 @@ def private_corpus_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
     """Every test (and every CLI it starts) caches encoded corpora in its own directory, never the user's."""
     directory = tmp_path_factory.mktemp("corpus-cache")
     monkeypatch.setenv("CHARLSTM_CACHE_DIR", str(directory))
+    monkeypatch.setenv("CHARLSTM_SPEED_CACHE", str(directory / "speed.json"))
     return directory
 
 

@@ -165,7 +165,7 @@ def _rank_main(rank: int, ports: list[int], corpus_file: Path, out: Path) -> Non
     _record(out, "skipping", rank, skipped=result.skipped_batches, steps=result.steps,
             weights=hashlib.sha256(weights).hexdigest())
     try:
-        NonFiniteOnRankOneAt(corpus, config, tiny_train_config(steps=STEPS), out / "diverging", distributed=context).train()
+        NonFiniteOnRankOneAt(corpus, config, tiny_train_config(steps=STEPS, eval_every=3), out / "diverging", distributed=context).train()
         _record(out, "diverging", rank, error=None)
     except CharlstmError as error:
         _record(out, "diverging", rank, error=str(error))

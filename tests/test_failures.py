@@ -150,7 +150,7 @@ def test_nan_through_the_cli_is_one_line_naming_the_step(tmp_path, tiny_corpus_f
 
     monkeypatch.setattr(CharLSTM, "forward", forward)
     run = tmp_path / "run"
-    line = main_outcome(*train_args(tiny_corpus_file, tmp_path, "--steps", "12", "--lr", "0.5")).final_error_line
+    line = main_outcome(*train_args(tiny_corpus_file, tmp_path, "--steps", "12", "--lr", "0.5", "--eval-every", "2")).final_error_line
     assert line == (f"error: training diverged at step 3: the loss is nan; the weights were not updated and the last "
                     f"good checkpoint (step 2) is kept in {run}; try a lower learning rate (charlstm train --resume "
                     f"{run} --lr 0.25), or --on-nan skip to skip such batches")

@@ -1,29 +1,97 @@
-from charlstm.training.presets import PRESETS, auto_dropout, auto_size
+"""The sizing rule: shapes chosen from the characters a run will read, not from minutes."""
 
-SHAKESPEARE_CHARS = 1_000_000
+import pytest
+
+from charlstm.training.presets import PRESETS
+from charlstm.training.sizing import (
+    MIN_CHARS,
+    REFERENCE_SPEEDS,
+    RunChoices,
+    Sizing,
+    choose_configs,
+    choose_size,
+    dropout_for,
+    expected_chars,
+)
+
+SHAKESPEARE_CHARS = 1_115_394
+# Training characters per second per preset, as measured on a CPU with AMX (bf16) and on one without.
+FAST_CPU = REFERENCE_SPEEDS
+SLOW_CPU = {name: speed / 4 for name, speed in FAST_CPU.items()}
 
 
-def test_size_grows_with_the_budget_on_a_tiny_shakespeare_sized_corpus():
-    picks = [auto_size(seconds, SHAKESPEARE_CHARS) for seconds in (60, 180, 240, 600, 3600, 4 * 3600)]
-    assert picks == ["small", "small", "small", "medium", "medium", "large"]
-    assert auto_size(None, SHAKESPEARE_CHARS) == auto_size(600, SHAKESPEARE_CHARS)
+def picks(speeds: dict[str, float], seconds: float, corpus: int = SHAKESPEARE_CHARS) -> str:
+    model, train, sizing = choose_configs(RunChoices(time_budget=seconds), corpus, 65, speed_probe=speeds.__getitem__)
+    return sizing.size
+
+
+def test_size_grows_with_the_characters_a_run_can_read():
+    assert [picks(FAST_CPU, s) for s in (60, 180, 240, 600, 3600, 4 * 3600)] == [
+        "small", "small", "small", "medium", "medium", "large"]
+
+
+def test_a_slower_machine_gets_the_shape_its_characters_afford():
+    # Four times slower: ten minutes read what 2.5 minutes read on the fast CPU, so 2x256 stays.
+    assert picks(SLOW_CPU, 600) == "small"
+    assert picks(SLOW_CPU, 4 * 600) == "medium"
 
 
 def test_small_corpora_get_small_models_whatever_the_budget():
-    assert auto_size(4 * 3600, 20_000) == "tiny"
-    assert auto_size(4 * 3600, 200_000) == "small"
+    assert picks(FAST_CPU, 4 * 3600, 20_000) == "tiny"
+    assert picks(FAST_CPU, 4 * 3600, 200_000) == "small"
 
 
-def test_long_runs_get_dropout_short_runs_do_not():
-    assert auto_dropout(180, PRESETS["small"]) == 0.0
-    assert auto_dropout(600, PRESETS["small"]) == 0.1
-    assert auto_dropout(None, PRESETS["medium"]) == PRESETS["medium"].dropout
+def test_step_and_epoch_budgets_are_sized_without_measuring():
+    def never(name: str) -> float:
+        raise AssertionError("a run with a step or epoch budget measured speed")
+
+    _, train, sizing = choose_configs(RunChoices(steps=10_000), SHAKESPEARE_CHARS, 65, speed_probe=never)
+    assert sizing.chars == 10_000 * train.batch_size * train.seq_len and sizing.chars_per_sec is None
+    _, _, sizing = choose_configs(RunChoices(epochs=2.0), SHAKESPEARE_CHARS, 65, speed_probe=never)
+    assert sizing.epochs == pytest.approx(2.0)
+
+
+def test_the_rule_in_characters():
+    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS["medium"] - 1) == "small"
+    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS[name]) == "large"
+    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS["medium"] if name == "medium" else 0) == "medium"
+
+
+def test_runs_that_read_their_corpus_many_times_get_dropout():
+    assert dropout_for(PRESETS["small"], epochs=5.0) == 0.0
+    assert dropout_for(PRESETS["small"], epochs=18.0) == 0.1
+    assert dropout_for(PRESETS["medium"], epochs=1.0) == PRESETS["medium"].dropout
+
+
+def test_expected_chars_follows_the_tightest_budget():
+    _, train, _ = choose_configs(RunChoices(steps=100, time_budget=60, size="small"), SHAKESPEARE_CHARS, 65)
+    assert expected_chars(train, 10**6, chars_per_sec=1.0) == pytest.approx(60 * 0.9)
+    assert expected_chars(train, 10**6, chars_per_sec=10**9) == 100 * train.batch_size * train.seq_len
+
+
+def test_the_estimate_reads_as_characters_and_epochs():
+    text = Sizing("medium", 9.1e6, 9.1, 15_500.0).describe()
+    assert text == "about 9.1M characters, 9.1 epochs of this corpus at 15.5k chars/s measured"
 
 
 def test_the_python_api_defaults_are_the_preset_a_default_ten_minute_run_picks():
     from charlstm import ModelConfig, TrainConfig
 
-    preset = PRESETS[auto_size(600, SHAKESPEARE_CHARS)]
+    preset = PRESETS[picks(FAST_CPU, 600)]
     model, train = ModelConfig(vocab_size=65), TrainConfig(steps=1)
     assert model == preset.model_config(65)
     assert (train.batch_size, train.seq_len, train.lr) == (preset.batch_size, preset.seq_len, preset.lr)
+
+
+def test_the_speed_probe_measures_once_and_remembers(monkeypatch, tmp_path):
+    from charlstm.training import sizing
+
+    monkeypatch.setenv("CHARLSTM_SPEED_CACHE", str(tmp_path / "speed.json"))
+    first = sizing.cached_speed_probe(65, "cpu", "fp32")("tiny")
+    assert first > 0 and (tmp_path / "speed.json").is_file()
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("a cached speed was measured again")
+
+    monkeypatch.setattr(sizing, "measure_speed", measured_again)
+    assert sizing.cached_speed_probe(65, "cpu", "fp32")("tiny") == first

@@ -3,7 +3,15 @@ import math
 import pytest
 from conftest import tiny_train_config
 
-from charlstm.training.schedule import evaluation_due, learning_rate, progress
+from charlstm.training.schedule import (
+    FINAL_EVAL_SHARE,
+    INTERMEDIATE_EVAL_SHARE,
+    MIN_STEPS_BETWEEN_EVALS,
+    BudgetPlanner,
+    budget_tolerance,
+    learning_rate,
+    progress,
+)
 
 
 def test_progress_follows_the_tightest_budget():
@@ -38,18 +46,111 @@ def test_learning_rate_decays_by_progress_not_steps():
 
 
 def test_evaluations_fall_every_eval_every_steps():
-    config = tiny_train_config(eval_every=5)
-    assert [step for step in range(1, 16) if evaluation_due(step, 0.0, 0, config)] == [5, 10, 15]
+    planner = BudgetPlanner(time_budget=None, validation_windows=10, eval_every=5)
+    assert [step for step in range(1, 16) if planner.evaluation_due(step, step / 100, 0, 0.25)] == [5, 10, 15]
 
 
 def test_evaluations_spread_evenly_over_the_budget():
-    config = tiny_train_config(evals_per_run=4)
-    assert not evaluation_due(10, 0.24, 0, config)
-    assert evaluation_due(10, 0.25, 0, config)
-    assert not evaluation_due(10, 0.49, 1, config)
-    assert evaluation_due(10, 0.5, 1, config)
+    planner = BudgetPlanner(time_budget=None, validation_windows=10, evals_per_run=4)
+    assert not planner.evaluation_due(40, 0.24, 0, 0.25)
+    assert planner.evaluation_due(40, 0.25, 0, 0.25)
+    assert planner.next_slot(0.25, 0.25) == 0.5
+    assert not planner.evaluation_due(80, 0.49, 40, 0.5)
+    assert planner.evaluation_due(80, 0.5, 40, 0.5)
 
 
 def test_no_evaluations_without_a_validation_split():
-    assert not evaluation_due(5, 1.0, 0, tiny_train_config(val_frac=0.0, eval_every=5))
-    assert not evaluation_due(5, 1.0, 0, tiny_train_config(val_frac=0.0))
+    assert not BudgetPlanner(time_budget=60, validation_windows=0, eval_every=5).evaluation_due(5, 0.5, 0, 0.1)
+    assert not BudgetPlanner(time_budget=60, validation_windows=0).evaluation_due(50, 0.5, 0, 0.1)
+    assert BudgetPlanner(time_budget=60, validation_windows=0).final_windows(10.0) == 0
+
+
+class FakeRun:
+    """A timed run driven by a fake clock: every step and every evaluation window costs what the test
+    says, and the planner decides as the trainer's loop does (the same calls, in the same order)."""
+
+    def __init__(self, budget: float, step_cost, window_cost: float, windows: int, evals_per_run: int = 6,
+                 save_cost: float = 0.1):
+        self.planner = BudgetPlanner(time_budget=budget, validation_windows=windows, evals_per_run=evals_per_run)
+        self.step_cost, self.window_cost, self.save_cost = step_cost, window_cost, save_cost
+        self.now, self.step, self.evaluations, self.eval_seconds = 0.0, 0, [], 0.0
+
+    def progress(self) -> float:
+        return progress(self.step, self.now, None, None, self.planner.training_deadline())
+
+    def evaluate(self, windows: int) -> None:
+        seconds = windows * self.window_cost
+        self.now += seconds + self.save_cost
+        self.eval_seconds += seconds
+        self.planner.observe_evaluation(windows, seconds)
+        self.planner.observe_save(self.save_cost)
+        self.evaluations.append((self.step, windows))
+
+    def run(self) -> "FakeRun":
+        last_eval, next_slot, eval_windows = 0, 1 / self.planner.evals_per_run, 0
+        while self.progress() < 1.0:
+            cost = self.step_cost(self.step) if callable(self.step_cost) else self.step_cost
+            self.now += cost
+            self.step += 1
+            self.planner.observe_step(cost)
+            if self.planner.evaluation_due(self.step, self.progress(), last_eval, next_slot):
+                eval_windows = eval_windows or self.planner.intermediate_windows(self.planner.time_budget)
+                slot = next_slot
+                self.evaluate(eval_windows)
+                last_eval = self.step
+                next_slot = self.planner.next_slot(slot, self.progress())
+        self.evaluate(self.planner.final_windows(self.now))
+        self.now += self.save_cost
+        return self
+
+
+def test_a_timed_run_ends_within_its_tolerance_and_evaluates_a_small_share():
+    budget = 600.0
+    run = FakeRun(budget, step_cost=0.15, window_cost=0.04, windows=1000).run()
+    assert run.now <= budget + budget_tolerance(budget)
+    assert run.eval_seconds <= (INTERMEDIATE_EVAL_SHARE + FINAL_EVAL_SHARE) * budget * 1.01
+    intermediate = run.evaluations[:-1]
+    assert 4 <= len(intermediate) <= 6
+    assert len({windows for _, windows in intermediate}) == 1, "every intermediate evaluation reads the same part"
+
+
+def test_a_small_split_is_read_whole_every_time():
+    run = FakeRun(600.0, step_cost=0.15, window_cost=0.04, windows=50).run()
+    assert all(windows == 50 for _, windows in run.evaluations)
+
+
+def test_a_split_too_large_for_the_budget_is_read_as_far_as_the_final_share_allows():
+    budget = 60.0
+    run = FakeRun(budget, step_cost=0.1, window_cost=0.05, windows=100_000).run()
+    final_windows = run.evaluations[-1][1]
+    assert final_windows * 0.05 <= FINAL_EVAL_SHARE * budget + 1e-9
+    assert run.now <= budget + budget_tolerance(budget)
+
+
+def test_a_slow_first_step_is_not_followed_by_an_evaluation():
+    # 25 s budget, the first step takes 8.6 s (a third of it), the rest 1 s each.
+    run = FakeRun(25.0, step_cost=lambda step: 8.6 if step == 0 else 1.0, window_cost=0.3, windows=20).run()
+    intermediate = run.evaluations[:-1]
+    assert all(step >= MIN_STEPS_BETWEEN_EVALS for step, _ in intermediate)
+    assert run.now <= 25.0 + budget_tolerance(25.0)
+
+
+def test_evaluations_slower_than_their_interval_never_stack():
+    # Each evaluation takes longer than the interval between two of them would allow.
+    run = FakeRun(60.0, step_cost=0.5, window_cost=2.0, windows=8).run()
+    steps = [step for step, _ in run.evaluations]
+    assert all(b - a >= MIN_STEPS_BETWEEN_EVALS for a, b in zip(steps, steps[1:])), steps
+    assert run.now <= 60.0 + budget_tolerance(60.0)
+
+
+def test_a_budget_shorter_than_one_evaluation_still_ends_on_time():
+    # One pass over the validation split would take 100 s; the whole run has 10.
+    run = FakeRun(10.0, step_cost=0.2, window_cost=1.0, windows=100).run()
+    assert run.evaluations[-1][1] >= 1
+    assert run.now <= 10.0 + budget_tolerance(10.0)
+
+
+def test_an_overrun_slot_pushes_the_next_one_back():
+    planner = BudgetPlanner(time_budget=100.0, validation_windows=10, evals_per_run=4)
+    assert planner.next_slot(0.25, 0.27) == 0.5  # ended within its slot: the next stays in place
+    assert planner.next_slot(0.25, 0.45) == pytest.approx(0.70)  # overran: a whole interval from now

@@ -105,7 +105,12 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     from ..data.sources import load_corpus
     from ..generation.generator import preview_text
     from ..training.distributed import launched
-    from ..training.presets import RunChoices, choose_configs
+    from ..training.sizing import (
+        REFERENCE_SPEEDS,
+        RunChoices,
+        cached_speed_probe,
+        choose_configs,
+    )
     from ..training.trainer import Trainer
 
     text_options = TextOptions(
@@ -128,11 +133,18 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     data = loaded.corpus
     for warning in check_vocabulary(data.vocab, data.source, options["force"]):
         console.warn(warning)
-    choices = RunChoices(**{name: options[name] for name in RunChoices.__dataclass_fields__})
-    model_config, train_config = choose_configs(choices, len(data), len(data.vocab))
+    choices = RunChoices.from_options(options)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        probe = REFERENCE_SPEEDS.__getitem__  # every rank must pick the same shape: no per-rank timing
+    else:
+        probe = cached_speed_probe(len(data.vocab), choices.device, choices.precision,
+                                   on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"))
+    model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)
     name = options["name"] or f"{_run_stem(corpus)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    reporter = console.ConsoleTrainReporter()
+    reporter.estimate = sizing.describe()
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
-        _run_training(Trainer(data, model_config, train_config, options["out"] / name, console.ConsoleTrainReporter(),
+        _run_training(Trainer(data, model_config, train_config, options["out"] / name, reporter,
                               distributed=distributed, preview=preview_text))
 
 

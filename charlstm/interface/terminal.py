@@ -96,6 +96,7 @@ class ConsoleTrainReporter:
 
     def __init__(self, console: Console = err, live: bool | None = None, log_every: float = 10.0):
         self.console = console
+        self.estimate = ""  # what the sizing rule expects the run to read, shown in the header
         self.live = console.is_terminal if live is None else live
         self.log_every = log_every
         self._progress: Progress | None = None
@@ -114,6 +115,8 @@ class ConsoleTrainReporter:
         )
         table.add_row("batches", f"{t.batch_size} streams x {t.seq_len} chars, lr {t.lr:g}, budget {_budget(info)}")
         table.add_row("device", f"{info.device}, precision {info.precision}")
+        if self.estimate:
+            table.add_row("expect", escape(self.estimate))
         table.add_row("run", str(info.run_dir))
         if info.resumed_from_step:
             table.add_row("resumed", f"from step {info.resumed_from_step}")
@@ -161,8 +164,12 @@ class ConsoleTrainReporter:
 
     def evaluated(self, stats: EvalStats) -> None:
         mark = " [green]best[/]" if stats.is_best else ""
+        part = ""
+        if stats.chars < stats.of_chars:
+            why = "the most the budget's final share allows" if stats.final else "the same part at every evaluation"
+            part = f" [dim]over {format_count(stats.chars)} of {format_count(stats.of_chars)} validation chars ({why})[/]"
         self.console.print(
-            f"[bold]step {stats.step}[/] ({format_duration(stats.elapsed)}): val loss {_loss(stats.val_loss)}{mark}"
+            f"[bold]step {stats.step}[/] ({format_duration(stats.elapsed)}): val loss {_loss(stats.val_loss)}{mark}{part}"
         )
         if stats.preview:
             self.console.print(f"[dim]{escape(stats.preview)}[/]", soft_wrap=True)
@@ -174,12 +181,24 @@ class ConsoleTrainReporter:
         table.add_row("parameters", format_count(result.parameters))
         table.add_row("steps", f"{result.steps} ({result.epochs:.2f} epochs)")
         table.add_row("time", format_duration(result.elapsed))
+        table.add_row("where it went", _time_shares(result))
         table.add_row("speed", f"{format_count(result.chars_per_sec)} chars/s")
         table.add_row("train loss", f"{result.train_loss:.4f}")
         table.add_row("best val loss", _loss(result.best_val_loss))
         table.add_row("last val loss", _loss(result.last_val_loss))
+        if result.final_val_chars < result.val_chars:
+            table.add_row("validation", f"the final figure read {format_count(result.final_val_chars)} of "
+                                        f"{format_count(result.val_chars)} chars (the most its share of the budget allows)")
         table.add_row("checkpoint", str(result.run_dir))
         self.console.print(table)
+
+
+def _time_shares(result: TrainResult) -> str:
+    """Seconds and share of the run in training steps, evaluation, checkpoints and previews."""
+    parts = [("training", result.train_seconds), ("evaluation", result.eval_seconds),
+             ("checkpoints", result.save_seconds), ("previews", result.preview_seconds)]
+    total = max(result.elapsed, 1e-9)
+    return ", ".join(f"{name} {format_duration(seconds)} ({seconds / total:.0%})" for name, seconds in parts)
 
 
 def print_samples(samples: Iterable[str], prime: str) -> None:

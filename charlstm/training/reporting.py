@@ -32,6 +32,9 @@ class EvalStats:
     best_val_loss: float
     is_best: bool
     preview: str
+    chars: int = 0  # validation characters this evaluation scored
+    of_chars: int = 0  # in the whole validation split
+    final: bool = False
 
     @property
     def val_bpc(self) -> float:
@@ -68,6 +71,13 @@ class TrainResult:
     stopped_early: bool = False
     skipped_batches: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Where the time went: training steps, evaluations, checkpoint and metrics writes, previews.
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    save_seconds: float = 0.0
+    preview_seconds: float = 0.0
+    final_val_chars: int = 0  # characters the final evaluation read
+    val_chars: int = 0  # in the whole validation split
 
     @property
     def best_val_bpc(self) -> float | None:

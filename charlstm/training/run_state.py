@@ -27,6 +27,17 @@ class RunState:
     last_val_loss: float | None = None
     train_loss_ema: float | None = None
     skipped_batches: int = 0
+    # Where the time went besides training steps (the summary shows them; the budget counts them).
+    eval_seconds: float = 0.0
+    save_seconds: float = 0.0
+    preview_seconds: float = 0.0
+    # The evaluation schedule: the step of the last evaluation, the progress at which the next is due
+    # (0: the first slot), and how many validation windows each intermediate evaluation reads (0: not
+    # chosen yet); a resumed run keeps reading the same characters.
+    last_eval_step: int = 0
+    next_eval_progress: float = 0.0
+    eval_windows: int = 0
+    best_prefix_loss: float | None = None  # the best evaluation's loss on those windows, to compare with
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,6 +50,9 @@ class RunState:
             **{name: type(getattr(cls, name))(saved[name]) for name in _COUNTERS},
             **{name: None if saved[name] is None else float(saved[name]) for name in _LOSSES},
             skipped_batches=int(saved.get("skipped_batches", 0)),  # absent from states saved before --on-nan skip
+            # absent from states saved before the budget planner: their defaults
+            **{name: type(getattr(cls, name))(saved[name]) for name in _SINCE_PLANNER if name in saved},
+            best_prefix_loss=None if saved.get("best_prefix_loss") is None else float(saved["best_prefix_loss"]),
         )
         if not 0 <= state.window < windows or state.step < 0:
             raise ValueError(f"data cursor {state.window} outside the {windows} windows of the text")
@@ -47,6 +61,7 @@ class RunState:
 
 _COUNTERS = ("step", "window", "epoch", "elapsed", "train_seconds", "chars_seen", "evals_done")
 _LOSSES = ("best_val_loss", "last_val_loss", "train_loss_ema")
+_SINCE_PLANNER = ("eval_seconds", "save_seconds", "preview_seconds", "last_eval_step", "next_eval_progress", "eval_windows")
 
 
 def require(saved: dict[str, Any], also: Sequence[str]) -> None:

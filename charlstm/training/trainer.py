@@ -25,7 +25,7 @@ from ..model.network import CharLSTM, State, detach_state
 from . import schedule
 from .config import TrainConfig
 from .distributed import DistributedContext, SingleProcess, Sync
-from .evaluation import evaluation_totals
+from .evaluation import EvalTotals, evaluation_windows, read_validation
 from .reporting import (
     EvalStats,
     RunInfo,
@@ -97,12 +97,21 @@ class Trainer:
             self.model.param_groups(config.weight_decay), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
         )
         self.run = RunState()
+        self.planner = schedule.BudgetPlanner(
+            config.time_budget,
+            evaluation_windows(len(self.val_ids), config.batch_size, config.seq_len) if config.val_frac > 0 else 0,
+            config.evals_per_run,
+            config.eval_every,
+        )
         self.hidden: State = self.model.init_state(self.batches.batch_size, self.device)
         self._skips_in_a_row = 0
         self._stop_requested = self._stopping = False
+        self._last_read = (0, 0)  # validation characters the latest evaluation read, of the whole split's
         self._resumed = resume_state is not None
         if resume_state is not None:
             self._restore(resume_state)
+        if self.run.next_eval_progress == 0.0:
+            self.run.next_eval_progress = 1.0 / config.evals_per_run
         self._resumed_from = self.run.step
         self._session_start = (0, 0.0)
 
@@ -110,9 +119,18 @@ class Trainer:
     def step(self) -> int:
         return self.run.step
 
+    def _total_windows(self) -> float | None:
+        return None if self.config.epochs is None else self.config.epochs * len(self.batches)
+
     def progress(self) -> float:
-        total_windows = None if self.config.epochs is None else self.config.epochs * len(self.batches)
-        return schedule.progress(self.run.step, self.run.elapsed, self.config.steps, total_windows, self.config.time_budget)
+        """Through the budget, by its tightest limit; a timed run's clock runs to its training deadline,
+        which leaves room for the final evaluation and checkpoints."""
+        return schedule.progress(self.run.step, self.run.elapsed, self.config.steps, self._total_windows(),
+                                 self.planner.training_deadline())
+
+    def _steps_left(self) -> float | None:
+        limits = [limit for limit in (self.config.steps, self._total_windows()) if limit is not None]
+        return min(limits) - self.run.step if limits else None
 
     def learning_rate(self) -> float:
         return schedule.learning_rate(self.run.step, self.progress(), self.config)
@@ -223,32 +241,57 @@ class Trainer:
                   "train_loss": run.train_loss_ema, "chars_per_sec": self._session_chars_per_sec()}
         self.writer.metrics(run.step, {**record, **extra})
 
-    def _evaluate_and_save(self) -> None:
+    def _evaluate_and_save(self, final: bool) -> None:
+        """Evaluate (the run's fixed part of the validation split, or for the final one as much of it as
+        the budget allows), preview, log, save; and tell the planner what each part cost."""
         run = self.run
-        val_loss = self._validation_loss()
+        if run.eval_windows == 0:
+            run.eval_windows = self.planner.intermediate_windows(self.planner.run_seconds(self._steps_left(), run.elapsed))
+        # The final evaluation reads at least what every other one read, so that the two compare.
+        windows = max(run.eval_windows, self.planner.final_windows(run.elapsed)) if final else run.eval_windows
+        started = time.perf_counter()
+        totals = self._validation(windows, prefix=run.eval_windows)
+        evaluated = time.perf_counter()
         run.evals_done += 1
-        run.last_val_loss = val_loss
-        is_best = run.best_val_loss is None or val_loss < run.best_val_loss
+        run.last_eval_step = run.step
+        run.last_val_loss = totals.loss
+        # Evaluations are compared on the windows they all read; the figure kept is the one just read.
+        is_best = run.best_prefix_loss is None or totals.prefix_loss < run.best_prefix_loss
         if is_best:
-            run.best_val_loss = val_loss
+            run.best_val_loss, run.best_prefix_loss = totals.loss, totals.prefix_loss
         preview = ""
         if self.preview is not None and self.config.preview_chars > 0 and self.is_main:
             preview = self.preview(self.model, self.corpus.vocab, run.step, self.config.preview_chars)
-        self._log_metrics(val_loss=val_loss)
+        previewed = time.perf_counter()
+        self._log_metrics(val_loss=totals.loss, val_chars=totals.count)
         if is_best:
             self.save("best")
         self.save("last")
-        self.reporter.evaluated(EvalStats(run.step, run.elapsed, val_loss, run.best_val_loss, is_best, preview))
+        saved = time.perf_counter()
+        costs = self.distributed.gather_values(evaluated - started, saved - previewed).max(dim=0).values
+        run.eval_seconds += float(costs[0])
+        run.preview_seconds += previewed - evaluated
+        run.save_seconds += float(costs[1])
+        self.planner.observe_evaluation(windows, float(costs[0]))
+        self.planner.observe_save(float(costs[1]) / (2 if is_best else 1))
+        self._last_read = (totals.count, self._val_chars(totals))
+        self.reporter.evaluated(EvalStats(run.step, run.elapsed, totals.loss, run.best_val_loss, is_best, preview,
+                                          *self._last_read, final))
 
-    def _validation_loss(self) -> float:
-        """Over the whole validation split; under torchrun each rank reads a share of its streams and
-        the totals are added, so the figure is the one a single process gets."""
+    def _val_chars(self, totals: EvalTotals) -> int:
+        """Characters in a whole pass over the validation split, as evaluation reads it."""
+        return totals.count * totals.of_windows // max(1, totals.windows)
+
+    def _validation(self, windows: int, prefix: int) -> EvalTotals:
+        """Under torchrun each rank reads a share of the streams and the totals are added, so the figure
+        is the one a single process gets."""
         part = (self.distributed.rank, self.distributed.world_size)
-        total, count = evaluation_totals(
-            self.model, self.val_ids, self.config.batch_size, self.config.seq_len, self.device, self.precision, part
-        )
-        total, count = self.distributed.sum(total, count)
-        return total / count
+        totals = read_validation(self.model, self.val_ids, self.config.batch_size, self.config.seq_len, self.device,
+                                 self.precision, part, windows, prefix)
+        summed = self.distributed.sum(totals.total, totals.count, totals.prefix_total, totals.prefix_count)
+        totals.total, totals.prefix_total = summed[0], summed[2]
+        totals.count, totals.prefix_count = int(summed[1]), int(summed[3])
+        return totals
 
     def _agree(self, loss: float = 0.0) -> float:
         """Give every rank the same clock, stop decision and loss (the mean over ranks), so all of them
@@ -281,12 +324,14 @@ class Trainer:
         clock = time.perf_counter() - run.elapsed
         self._agree()
         while self.progress() < 1.0 and not self._stopping:
+            before = run.elapsed
             step_start = time.perf_counter()
             loss = self._train_step()
             now = time.perf_counter()
             run.train_seconds += now - step_start
             run.elapsed = now - clock
             agreed = self._agree(loss if loss is not None else 0.0)
+            self.planner.observe_step(run.elapsed - before)
             if loss is not None:
                 run.train_loss_ema = agreed if run.train_loss_ema is None else 0.95 * run.train_loss_ema + 0.05 * agreed
             progress = self.progress()
@@ -296,20 +341,30 @@ class Trainer:
                 chars_per_sec=self._session_chars_per_sec(), elapsed=run.elapsed,
                 eta=(run.elapsed / progress - run.elapsed) if progress > 0 else None, val_loss=run.last_val_loss,
             ))
-            if schedule.evaluation_due(run.step, progress, run.evals_done, config) or (progress >= 1.0 and config.val_frac > 0):
-                self._evaluate_and_save()
+            if self.planner.evaluation_due(run.step, progress, run.last_eval_step, run.next_eval_progress):
+                slot = run.next_eval_progress
+                self._evaluate_and_save(final=False)
                 run.elapsed = time.perf_counter() - clock
                 self._agree()
+                run.next_eval_progress = self.planner.next_slot(slot, self.progress())
             elif config.log_every > 0 and run.step % config.log_every == 0:
                 self._log_metrics()
-        if self._stopping or config.val_frac <= 0:
+        if not self._stopping and config.val_frac > 0:
+            self._evaluate_and_save(final=True)
+        else:
+            started = time.perf_counter()
             self.save("last")
+            run.save_seconds += time.perf_counter() - started
+        run.elapsed = time.perf_counter() - clock
+        self._agree()
         result = TrainResult(
             run_dir=self.run_dir, steps=run.step, epochs=run.step / len(self.batches), elapsed=run.elapsed,
             chars_per_sec=self._session_chars_per_sec(), parameters=self.model.num_parameters(),
             train_loss=run.train_loss_ema if run.train_loss_ema is not None else float("nan"),
             best_val_loss=run.best_val_loss, last_val_loss=run.last_val_loss,
             stopped_early=self._stopping, skipped_batches=run.skipped_batches,
+            train_seconds=run.train_seconds, eval_seconds=run.eval_seconds, save_seconds=run.save_seconds,
+            preview_seconds=run.preview_seconds, final_val_chars=self._last_read[0], val_chars=self._last_read[1],
         )
         self.reporter.finish(result)
         return result

@@ -1,0 +1,275 @@
+"""How big a model a run can afford, decided in characters, not minutes.
+
+A budget in minutes means four times fewer characters on a CPU four times slower, and a model that
+wins when it reads 9M characters loses when it reads 2M. So a timed run measures how fast this
+machine trains each candidate shape (a few steps, cached per machine for a day) and sizes the model
+from the characters it will actually process, against the corpus it will read them from. Runs
+budgeted in steps or epochs know their characters without measuring.
+
+The thresholds come from tiny Shakespeare runs (benchmarks/RESULTS.md): 2x256 beats 2x384 until
+2x384 can read about 5M characters (four to five minutes on a CPU with AMX), and 2x512 pays only
+past about 30M; a corpus read more than about six times over needs dropout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+from ..base.fsutil import atomic_write_text, user_dir
+from ..base.runtime import Precision
+from ..model.config import ModelConfig
+from .config import NanPolicy, TrainConfig
+from .presets import DEFAULT_TIME_BUDGET, PRESETS, Preset
+
+# Characters a preset must be able to read within the budget before it is chosen over a smaller one.
+MIN_CHARS = {"medium": 5_000_000, "large": 30_000_000}
+# Corpora smaller than these keep a small model whatever the budget: there is not enough text to feed more.
+TINY_CORPUS, SMALL_CORPUS = 50_000, 300_000
+# Passes over the corpus beyond which a model overfits without dropout.
+EPOCHS_NEEDING_DROPOUT = 6.0
+# Share of a timed run spent in training steps (the rest: evaluations, checkpoints, previews).
+TRAINING_SHARE = 0.9
+CACHE_SECONDS = 24 * 3600
+SPEED_CACHE_ENV = "CHARLSTM_SPEED_CACHE"
+
+SpeedProbe = Callable[[str], float]  # preset name -> training characters per second on this machine
+
+# Training characters per second of each preset on the 2-core AMX machine the thresholds were fitted
+# on (bf16). Used where measuring is not possible: the ranks of a torchrun run must agree on one shape.
+REFERENCE_SPEEDS = {"tiny": 90_000.0, "small": 34_000.0, "medium": 15_500.0, "large": 9_000.0}
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The shape chosen for a run and what it expects to read."""
+
+    size: str
+    chars: float  # characters the run is expected to train on
+    epochs: float  # passes over the training split
+    chars_per_sec: float | None  # measured, for a timed run
+
+    def describe(self) -> str:
+        if self.chars == float("inf"):
+            return f"the {self.size} shape (no measured speed for a timed run of a shape given by hand)"
+        speed = f" at {self.chars_per_sec / 1000:.1f}k chars/s measured" if self.chars_per_sec else ""
+        return f"about {_count(self.chars)} characters, {self.epochs:.1f} epochs of this corpus{speed}"
+
+
+def _count(value: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def expected_chars(train_config: TrainConfig, train_chars: int, chars_per_sec: float | None) -> float:
+    """Characters a run with this config will train on, by whichever budget ends it first."""
+    limits = []
+    window = train_config.batch_size * train_config.seq_len
+    if train_config.steps is not None:
+        limits.append(train_config.steps * window)
+    if train_config.epochs is not None:
+        limits.append(train_config.epochs * train_chars)
+    if train_config.time_budget is not None and chars_per_sec:
+        limits.append(train_config.time_budget * TRAINING_SHARE * chars_per_sec)
+    return min(limits) if limits else float("inf")
+
+
+def choose_size(corpus_chars: int, train_chars: int, budget_chars: Callable[[str], float]) -> str:
+    """The largest preset that can read enough characters to beat the next smaller one.
+
+    ``budget_chars(name)`` says how many characters a run of that preset would train on.
+    """
+    if corpus_chars < TINY_CORPUS:
+        return "tiny"
+    if corpus_chars < SMALL_CORPUS:
+        return "small"
+    chosen = "small"
+    for name in ("medium", "large"):
+        if budget_chars(name) < MIN_CHARS[name]:
+            break
+        chosen = name
+    return chosen
+
+
+def dropout_for(preset: Preset, epochs: float) -> float:
+    """The preset's dropout, raised to 0.1 once the run reads its corpus many times over."""
+    return max(preset.dropout, 0.1) if epochs > EPOCHS_NEEDING_DROPOUT else preset.dropout
+
+
+def _machine_key(device: str, precision: str, preset: str) -> str:
+    import torch
+
+    return "|".join([platform.processor() or platform.machine(), _cpu_model(), str(os.cpu_count()),
+                     str(torch.get_num_threads()), torch.__version__, device, precision, preset])
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def measure_speed(preset_name: str, vocab_size: int, device: str, precision: Precision, steps: int = 3) -> float:
+    """Training characters per second of a preset on this machine: one untimed step, then ``steps``
+    timed ones of the real training step (forward, backward, AdamW) on random characters."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..base.runtime import autocast, resolve_device, resolve_precision
+    from ..model.network import CharLSTM
+
+    preset = PRESETS[preset_name]
+    target = resolve_device(device)
+    arithmetic = resolve_precision(precision, target)
+    model = CharLSTM(preset.model_config(vocab_size)).to(target).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (preset.batch_size, preset.seq_len + 1), generator=generator).to(target)
+    state = model.init_state(preset.batch_size, target)
+
+    def step() -> None:
+        with autocast(target, arithmetic):
+            logits, _ = model(ids[:, :-1], state)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+
+    step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * preset.batch_size * preset.seq_len / (time.perf_counter() - started)
+
+
+def cached_speed_probe(vocab_size: int, device: str, precision: Precision,
+                       on_measure: Callable[[str], None] | None = None) -> SpeedProbe:
+    """A probe that measures each preset once and remembers it for a day in the user's cache folder
+    (a machine's speed does not change between two runs; a busy hour does, hence the expiry)."""
+    path = user_dir("cache", "speed.json", SPEED_CACHE_ENV)
+
+    def probe(name: str) -> float:
+        key = _machine_key(device, precision, name)
+        try:
+            known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and path.stat().st_size < 1 << 20 else {}
+            if not isinstance(known, dict):
+                known = {}
+        except (OSError, ValueError):
+            known = {}
+        entry = known.get(key)
+        if isinstance(entry, dict) and time.time() - float(entry.get("at", 0)) < CACHE_SECONDS:
+            return float(entry["chars_per_sec"])
+        if on_measure is not None:
+            on_measure(name)
+        speed = measure_speed(name, vocab_size, device, precision)
+        known[key] = {"chars_per_sec": speed, "at": time.time()}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(known))
+        except (OSError, ValueError):
+            pass  # the cache is an optimisation: a run never fails for it
+        return speed
+
+    return probe
+
+
+@dataclass(frozen=True)
+class RunChoices:
+    """What a user said about a new run (None: not said, let the rule choose). The command line
+    and the Python API both come through here, so a flag means the same thing from either."""
+
+    size: str | None = None
+    layers: int | None = None
+    hidden: int | None = None
+    emb: int | None = None
+    dropout: float | None = None
+    cell: str = "lstm"
+    batch_size: int | None = None
+    seq_len: int | None = None
+    lr: float | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    time_budget: float | None = None
+    eval_every: int | None = None
+    val_frac: float = 0.1
+    seed: int = 1337
+    device: str = "auto"
+    precision: Precision = "auto"
+    on_nan: NanPolicy = "stop"
+
+    def is_timed(self) -> bool:
+        """A run with a wall-clock budget: given, or the default when no budget at all is."""
+        return self.time_budget is not None or (self.steps is None and self.epochs is None)
+
+    def measures_speed(self) -> bool:
+        """Whether the rule must time the candidate shapes: a timed run whose shape it chooses."""
+        return self.is_timed() and self.size is None and self.layers is None and self.hidden is None and self.emb is None
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "RunChoices":
+        return cls(**{field.name: options[field.name] for field in fields(cls) if field.name in options})
+
+
+def choose_configs(
+    choices: RunChoices, corpus_chars: int, vocab_size: int, speed_probe: SpeedProbe | None = None
+) -> tuple[ModelConfig, TrainConfig, Sizing]:
+    """The model and training configs for a new run: what the user gave, the sizing rule for the rest.
+
+    With no budget at all a run gets :data:`DEFAULT_TIME_BUDGET`. A timed run asks ``speed_probe``
+    (default: :func:`cached_speed_probe`) how fast this machine trains each candidate shape.
+    """
+    time_budget = choices.time_budget
+    if choices.steps is None and choices.epochs is None and time_budget is None:
+        time_budget = DEFAULT_TIME_BUDGET
+    train_chars = int(corpus_chars * (1.0 - choices.val_frac))
+    if not choices.measures_speed():
+        speed_probe = None
+    elif speed_probe is None:
+        speed_probe = cached_speed_probe(vocab_size, choices.device, choices.precision)
+    speeds: dict[str, float] = {}
+
+    def train_config_for(preset: Preset) -> TrainConfig:
+        return TrainConfig(
+            batch_size=given(choices.batch_size, preset.batch_size), seq_len=given(choices.seq_len, preset.seq_len),
+            steps=choices.steps, epochs=choices.epochs, time_budget=time_budget, lr=given(choices.lr, preset.lr),
+            eval_every=choices.eval_every, val_frac=choices.val_frac, seed=choices.seed, device=choices.device,
+            precision=choices.precision, on_nan=choices.on_nan,
+        )
+
+    def budget_chars(name: str) -> float:
+        if name not in speeds and speed_probe is not None:
+            speeds[name] = speed_probe(name)
+        return expected_chars(train_config_for(PRESETS[name]), train_chars, speeds.get(name))
+
+    size = choices.size or choose_size(corpus_chars, train_chars, budget_chars)
+    preset = PRESETS[size]
+    train_config = train_config_for(preset)
+    if size not in speeds and speed_probe is not None:
+        speeds[size] = speed_probe(size)
+    chars = expected_chars(train_config, train_chars, speeds.get(size))
+    sizing = Sizing(size, chars, chars / max(1, train_chars), speeds.get(size))
+    model_config = ModelConfig(
+        vocab_size=vocab_size,
+        emb_size=given(choices.emb, preset.emb_size),
+        hidden_size=given(choices.hidden, preset.hidden_size),
+        num_layers=given(choices.layers, preset.num_layers),
+        dropout=given(choices.dropout, preset.dropout if choices.size else dropout_for(preset, sizing.epochs)),
+        cell=choices.cell,  # type: ignore[arg-type]
+    )
+    return model_config, train_config, sizing
+
+
+def given(value: Any, fallback: Any) -> Any:
+    return value if value is not None else fallback

@@ -6,15 +6,22 @@ hidden temporary name beside its destination, fsynced, and renamed over it. A
 rename within one folder is atomic, so a reader sees the old file or the new one,
 never a mix; the staging name starts with a dot and carries the process id, so it
 stays out of listings and two processes never write the same one.
+
+Files a command writes where the user said (``--html``, ``-o``, ``--out``) go through
+:func:`check_output` first: such a path may name something the user has, so it is never written
+through a device, FIFO, socket or folder, nor over an existing file that is not charlstm's own
+output unless the user passes ``--force``. :class:`FileLock` keeps two processes out of one run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 from .errors import CharlstmError
 
@@ -135,3 +142,114 @@ def replacing_dir(path: Path) -> Iterator[Path]:
         if not path.exists() and previous.exists():
             previous.rename(path)
         raise
+
+
+def _kind_of(mode: int) -> str | None:
+    """What a path is when it is not a plain file: the word the refusal uses."""
+    for test, word in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return word
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def carries_marker(marker: bytes, within: int = 1 << 16) -> Callable[[Path], bool]:
+    """A test for ``check_output``'s ``ours``: the file's first ``within`` bytes hold ``marker``."""
+
+    def test(path: Path) -> bool:
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO to look inside would hang
+                return False
+            with open(path, "rb") as handle:
+                return marker in handle.read(within)
+        except OSError:
+            return False
+
+    return test
+
+
+def check_output(path: Path, force: bool, ours: Callable[[Path], bool] | None = None) -> None:
+    """Refuse, before anything is written, to put a command's output where it would destroy something.
+
+    The rule for every file written on the user's behalf: never through a device, FIFO, socket or
+    folder (a rename would swap ``/dev/null`` itself for a plain file), and never over an existing file
+    unless the user said ``--force`` or ``ours`` recognises the file as this tool's own earlier output
+    (which the user asked for once already, so writing it again loses nothing they made).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise CharlstmError(f"cannot write {path}: {error.strerror or error}; choose another path") from None
+    kind = _kind_of(mode)
+    if kind is not None:
+        raise CharlstmError(f"refusing to write {path}: it is {kind}, not a file; give the path of a file to write")
+    if not force and not (ours is not None and ours(path)):
+        raise CharlstmError(f"{path} already exists and is not charlstm's output; pass --force to replace it, or choose another path")
+
+
+@contextmanager
+def writing_output(path: Path, force: bool, ours: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """:func:`check_output`, then :func:`replacing`: the one way a command writes a file the user named."""
+    check_output(path, force, ours)
+    with replacing(path) as staging:
+        yield staging
+
+
+def write_output(path: Path, data: str | bytes, force: bool, ours: Callable[[Path], bool] | None = None) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through :func:`writing_output`."""
+    with writing_output(path, force, ours) as staging:
+        staging.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock; ``holder`` is the pid it wrote, when readable."""
+
+    def __init__(self, holder: int | None):
+        super().__init__(holder)
+        self.holder = holder
+
+
+class FileLock:
+    """An advisory ``flock`` on ``path`` for as long as this object holds it open.
+
+    The kernel drops a flock when its holder exits, however it exits, so a lock file left behind
+    by a killed process is simply taken over: staleness needs no pid checks. The holder writes its
+    pid into the file only so a refusal can name it. Releasing removes the file while still locked;
+    a process that meanwhile locked the removed file sees that the path no longer names what it
+    holds, and tries again on the new one.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                same = os.path.exists(self.path) and os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise LockHeld(int(holder) if holder.isdigit() else None) from None
+            except OSError:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()

@@ -11,14 +11,17 @@ them, so ``charlstm eval --positions`` can score the same positions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..base.errors import CharlstmError
+from ..base.fsutil import carries_marker, check_output, write_output
 
 RECALL_KEYS = "ABCDEFGH"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -40,15 +43,44 @@ class SynthCorpus:
     def description(self) -> str:
         return SYNTH_KINDS[self.kind].description
 
-    def save(self, path: Path) -> Path:
-        """Write the text and its sidecar; returns the sidecar's path."""
-        path.write_text(self.text, encoding="utf-8")
+    def save(self, path: Path, force: bool = False) -> Path:
+        """Write the text and its sidecar; returns the sidecar's path.
+
+        Both destinations are checked before either is written, so a refusal leaves nothing half
+        done. An earlier ``corpus synth`` output is replaced without ``--force``: its sidecar carries
+        :data:`SIDECAR_MARKER` and the SHA-256 of the text it was written with, so an edited text is
+        the user's and is kept.
+        """
+        data = self.text.encode("utf-8")
         sidecar = sidecar_path(path)
-        meta = asdict(self)
+        meta = {"generator": SIDECAR_GENERATOR, "text_sha256": hashlib.sha256(data).hexdigest(), **asdict(self)}
         del meta["text"]
         meta["description"] = self.description
-        sidecar.write_text(json.dumps(meta), encoding="utf-8")
+        check_output(path, force, ours=_our_text)
+        check_output(sidecar, force, ours=carries_marker(SIDECAR_MARKER.encode()))
+        write_output(path, data, force=True)
+        write_output(sidecar, json.dumps(meta), force=True)
         return sidecar
+
+
+SIDECAR_GENERATOR = "charlstm synth"
+SIDECAR_MARKER = f'"generator": "{SIDECAR_GENERATOR}"'
+
+
+def _our_text(path: Path) -> bool:
+    """Whether ``path`` is the text an earlier ``corpus synth`` wrote, unchanged since."""
+    sidecar = sidecar_path(path)
+    if not carries_marker(SIDECAR_MARKER.encode())(sidecar):
+        return False
+    with open(sidecar, "rb") as handle:
+        recorded = re.search(rb'"text_sha256": "([0-9a-f]{64})"', handle.read(4096))
+    if recorded is None:
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == recorded.group(1).decode()
 
 
 def sidecar_path(corpus: Path) -> Path:

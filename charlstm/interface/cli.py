@@ -41,6 +41,11 @@ if TYPE_CHECKING:
     from ..training.trainer import Trainer
 
 
+force_output_option = click.option(
+    "--force", is_flag=True,
+    help="Replace an existing file that is not charlstm's own earlier output (devices, FIFOs and folders are refused even so).")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="charlstm")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
@@ -104,6 +109,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     from ..data.corpus import TextOptions, check_vocabulary
     from ..data.sources import load_corpus
     from ..generation.generator import preview_text
+    from ..training.checkpoint import check_run_name, safe_run_stem
     from ..training.distributed import launched
     from ..training.sizing import (
         REFERENCE_SPEEDS,
@@ -117,6 +123,8 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
         options["encoding"], options["decode_errors"], options["keep_crlf"], options["lowercase"], options["nfc"]
     )
     separator = options["doc_separator"].encode("latin-1", "backslashreplace").decode("unicode_escape")
+    if options["name"] is not None:
+        check_run_name(options["name"])  # before the corpus is read: a bad name should cost nothing
     if options["resume"] is not None:
         with launched() as distributed:  # under torchrun: one rank of a data-parallel continuation
             _run_training(_resumed_trainer(corpus, text_options, separator, options, distributed))
@@ -140,7 +148,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
         probe = cached_speed_probe(len(data.vocab), choices.device, choices.precision,
                                    on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"))
     model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)
-    name = options["name"] or f"{_run_stem(corpus)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = options["name"] or f"{safe_run_stem(_run_stem(corpus))}-{time.strftime('%Y%m%d-%H%M%S')}"
     reporter = console.ConsoleTrainReporter()
     reporter.estimate = sizing.describe()
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
@@ -383,20 +391,24 @@ def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, stream
 @which_option
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the heat-map as a self-contained HTML page.")
 @click.option("--spans", type=click.IntRange(0, 1000), default=5, show_default=True, help="How many of the most surprising words to list.")
-def score(text: str | None, file: Path | None, checkpoint: Path | None, which: str, html_path: Path | None, spans: int) -> None:
+@force_output_option
+def score(text: str | None, file: Path | None, checkpoint: Path | None, which: str, html_path: Path | None, spans: int,
+          force: bool) -> None:
     """Colour each character of TEXT by the model's surprise at it (-log2 p, in bits)."""
     from ..analysis.scoring import surprisal
-    from ..base.fsutil import replacing
+    from ..base.fsutil import carries_marker, check_output, write_output
     from ..training.checkpoint import load
     from . import views
 
+    ours = carries_marker(views.HTML_MARKER.encode())
+    if html_path is not None:
+        check_output(html_path, force, ours)  # refuse before the scoring work, not after it
     loaded = load(checkpoint, prefer=which)
     result = surprisal(loaded, _text_argument(text, file))
     views.show_surprisal(result, spans)
     if html_path is not None:
         title = f"charlstm score: {file.name if file else loaded.name}"
-        with replacing(html_path) as staging:
-            staging.write_text(views.surprisal_html(result, title), encoding="utf-8")
+        write_output(html_path, views.surprisal_html(result, title), force, ours)
         console.note(f"wrote {html_path}")
 
 
@@ -450,14 +462,17 @@ def info(checkpoint: Path | None, which: str) -> None:
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("curves.png"),
               show_default=True, help="PNG file to write.")
-def plot(checkpoint: Path | None, output: Path) -> None:
+@force_output_option
+def plot(checkpoint: Path | None, output: Path, force: bool) -> None:
     """Write a run's loss curves as a PNG (needs matplotlib: pip install 'charlstm[plot]')."""
     from ..analysis.scoring import summarize_run
-    from ..base.fsutil import replacing
+    from ..base.fsutil import carries_marker, check_output, writing_output
     from . import views
 
+    ours = carries_marker(views.PNG_MARKER)
+    check_output(output, force, ours)  # refuse before matplotlib is loaded, not after the drawing
     summary = summarize_run(checkpoint)
-    with replacing(output) as staging:
+    with writing_output(output, force, ours) as staging:
         views.save_curve_png(summary.records, staging, summary.checkpoint.parent.name)
     console.note(f"wrote {output}")
 
@@ -467,12 +482,13 @@ def plot(checkpoint: Path | None, output: Path) -> None:
 @click.option("--size", type=Size(), default="1MB", show_default=True, help="Characters to generate, e.g. 200k or 1MB.")
 @click.option("--distance", "--depth", "--max-length", "param", type=click.IntRange(1, 100_000), help="recall: filler length; brackets: maximum depth; counting: maximum line length.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def corpus_synth(kind: str, out_path: Path, size: int, param: int | None, seed: int) -> None:
+@force_output_option
+def corpus_synth(kind: str, out_path: Path, size: int, param: int | None, seed: int, force: bool) -> None:
     """Generate a synthetic corpus that needs long-range memory (recall, brackets, counting)."""
     from ..data.synth import make_synth
 
     made = make_synth(kind, size, param, seed)
-    sidecar = made.save(out_path)
+    sidecar = made.save(out_path, force)
     console.show_synth(made, out_path, sidecar)
 
 

@@ -175,6 +175,12 @@ def show_surprisal(result: Surprisal, spans: int = 5) -> None:
     out.print(table)
 
 
+# What makes a page or picture recognisably charlstm's own, so writing it again needs no --force.
+HTML_MARKER = '<meta name="generator" content="charlstm">'
+PNG_SOFTWARE = "charlstm"
+PNG_MARKER = b"Software\x00" + PNG_SOFTWARE.encode()
+
+
 def surprisal_html(result: Surprisal, title: str, spans: int = 10) -> str:
     """The heat-map as one self-contained HTML page (inline CSS, no scripts, nothing fetched);
     hovering a character shows its surprisal."""
@@ -197,7 +203,7 @@ def surprisal_html(result: Surprisal, title: str, spans: int = 10) -> str:
         for s in result.spans(spans)
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8">{HTML_MARKER}<title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; background: #fafafa; color: #222; }}
 pre {{ font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 15px; line-height: 1.5;
@@ -420,5 +426,5 @@ def save_curve_png(records: list[dict[str, Any]], path: Path, title: str) -> Non
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    figure.savefig(path, format="png", metadata={"Software": PNG_SOFTWARE})
     plt.close(figure)

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..base.errors import CheckpointError
-from ..base.fsutil import previous_dir, replacing_dir
+from ..base.fsutil import FileLock, LockHeld, previous_dir, replacing_dir
 from ..base.version import __version__
 from ..data.corpus import Vocab
 from ..model.config import ModelConfig
@@ -43,6 +43,48 @@ from .layout import (
     WEIGHTS_FILE,
 )
 
+# Longer names fail on common file systems (255 bytes a component) once a suffix such as ".old" is added.
+MAX_RUN_NAME_BYTES = 200
+LOCK_FILE = ".lock"
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is one plain path component; a run name with ``/`` or ``..`` would put the run
+    inside another run (``RA/last``, which a resume of RA later replaces) or outside ``--out``."""
+    problem = None
+    if name in ("", ".", ".."):
+        problem = "is not a name"
+    elif any(c in name for c in "/\\\0"):
+        problem = "contains a path separator or NUL"
+    elif name.startswith("."):
+        problem = "starts with '.', which hides it and collides with charlstm's own staging names"
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_RUN_NAME_BYTES:
+        problem = f"is longer than {MAX_RUN_NAME_BYTES} bytes"
+    if problem is not None:
+        raise CheckpointError(f"run name {name!r} {problem}; give --name one plain folder name such as 'shakespeare-1'")
+    return name
+
+
+def safe_run_stem(stem: str) -> str:
+    """A run-name prefix made from a corpus name: unprintable characters, undecodable bytes and separators
+    become ``_``, leading dots go, and the length is capped, so a default name always passes
+    :func:`check_run_name`."""
+    cleaned = "".join(c if c.isprintable() and c not in "/\\" and not 0xD800 <= ord(c) <= 0xDFFF else "_" for c in stem)
+    cleaned = cleaned.lstrip(".")
+    while len(cleaned.encode("utf-8", "surrogatepass")) > MAX_RUN_NAME_BYTES - 32:  # room for the time stamp that follows
+        cleaned = cleaned[:-1]
+    return cleaned or "corpus"
+
+
+def config_json(config: dict[str, Any]) -> str:
+    """``config`` as the JSON text of config.json; cannot fail on a file name that is not valid UTF-8.
+
+    Such a name reaches Python as lone surrogates (``os.fsdecode``), which UTF-8 cannot encode; written
+    as ``\\udcXX`` escapes they are valid JSON and read back to the very same name.
+    """
+    text = json.dumps(config, indent=2, ensure_ascii=False)
+    return re.sub(r"[\ud800-\udfff]", lambda match: f"\\u{ord(match.group()):04x}", text)
+
 
 def write_checkpoint(
     run_dir: Path,
@@ -56,22 +98,20 @@ def write_checkpoint(
     with replacing_dir(final) as staging:
         weights = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
         save_file(weights, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "charlstm": __version__})
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+        (staging / CONFIG_FILE).write_text(config_json(config), encoding="utf-8")
         if training_state is not None:
             torch.save(training_state, staging / STATE_FILE)
     return final
 
 
-def prepare_run_dir(run_dir: Path, new_run: bool) -> None:
-    """Make the run directory and prove it writable before any training time is spent.
+def prepare_run_dir(run_dir: Path, new_run: bool) -> FileLock:
+    """Make the run directory, prove it writable and lock it, before any training time is spent.
 
     A new run never writes into a directory that already holds a trained run:
-    that run's checkpoints would be replaced.
+    that run's checkpoints would be replaced. The returned lock keeps a second
+    ``train --name`` or ``--resume`` of the same run out until it is released (or
+    this process ends).
     """
-    if new_run and any(_existing_tag_dir(run_dir, tag) is not None for tag in TAGS):
-        raise CheckpointError(
-            f"{run_dir} already holds a trained run; continue it with --resume {run_dir}, or choose another --name"
-        )
     probe = run_dir / f".write-test-{os.getpid()}"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +119,28 @@ def prepare_run_dir(run_dir: Path, new_run: bool) -> None:
         probe.unlink()
     except OSError as error:
         raise CheckpointError(f"cannot write to {run_dir} ({error.strerror or error}); choose a writable --out") from None
+    lock = lock_run_dir(run_dir)  # first: a run another process trains is refused as that, not as "already trained"
+    if new_run and any(_existing_tag_dir(run_dir, tag) is not None for tag in TAGS):
+        lock.release()
+        raise CheckpointError(
+            f"{run_dir} already holds a trained run; continue it with --resume {run_dir}, or choose another --name"
+        )
+    return lock
+
+
+def lock_run_dir(run_dir: Path) -> FileLock:
+    """Hold ``run_dir``'s lock file, or refuse naming the process that trains the run now."""
+    lock = FileLock(run_dir / LOCK_FILE)
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        holder = f"process {held.holder}" if held.holder is not None else "another process"
+        raise CheckpointError(
+            f"{run_dir} is being trained by {holder}; wait for it to finish (or stop it), or choose another --name"
+        ) from None
+    except OSError as error:
+        raise CheckpointError(f"cannot lock {run_dir / LOCK_FILE} ({error.strerror or error}); choose a writable --out") from None
+    return lock
 
 
 def saved_steps(run_dir: Path) -> dict[str, int]:

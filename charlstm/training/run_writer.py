@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base.errors import CharlstmError, CheckpointError
+from ..base.fsutil import FileLock
 from ..base.version import __version__
 from ..data.corpus import Corpus
 from ..model.config import ModelConfig
@@ -20,12 +21,14 @@ from ..model.network import CharLSTM
 from .checkpoint import (
     FORMAT_VERSION,
     append_metrics,
+    config_json,
     prepare_run_dir,
     saved_steps,
     write_checkpoint,
 )
 from .config import TrainConfig
 from .distributed import Sync
+from .layout import CONFIG_FILE
 from .run_state import RunState
 
 
@@ -38,15 +41,28 @@ class RunWriter:
         self.config = config
         self.precision = precision
         self.saved_steps: dict[str, int] = {}  # tag -> step, kept on every rank so their messages agree
+        self._lock: FileLock | None = None
 
     def prepare(self, new_run: bool) -> None:
-        """Create (or check) the run directory; a refusal here stops every rank before any training."""
+        """Create (or check) and lock the run directory, and prove the config serialises; a refusal here
+        stops every rank before any training, rather than at the first save after hours of it."""
 
         def prepare() -> dict[str, int]:
-            prepare_run_dir(self.run_dir, new_run=new_run)
+            self.release()
+            try:
+                config_json({"train": self.config.to_dict(), "corpus": self.corpus.describe(), "model": self.model_config.to_dict()})
+            except (TypeError, ValueError) as error:
+                raise CheckpointError(f"this run's settings cannot be saved in {CONFIG_FILE} ({error}); report it as a bug") from None
+            self._lock = prepare_run_dir(self.run_dir, new_run=new_run)
             return saved_steps(self.run_dir)
 
         self.saved_steps = self.sync.on_main(prepare)
+
+    def release(self) -> None:
+        """Let another process train this run; only rank 0 ever holds the lock."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def checkpoint_config(self, model: CharLSTM, run: RunState) -> dict[str, Any]:
         """What a checkpoint's config.json records: enough to rebuild, describe and resume the run."""

@@ -309,6 +309,7 @@ class Trainer:
             return self._train()
         finally:
             self.forward_model = self.model
+            self.writer.release()
 
     def _train(self) -> TrainResult:
         run, config = self.run, self.config

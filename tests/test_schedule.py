@@ -154,3 +154,37 @@ def test_an_overrun_slot_pushes_the_next_one_back():
     planner = BudgetPlanner(time_budget=100.0, validation_windows=10, evals_per_run=4)
     assert planner.next_slot(0.25, 0.27) == 0.5  # ended within its slot: the next stays in place
     assert planner.next_slot(0.25, 0.45) == pytest.approx(0.70)  # overran: a whole interval from now
+
+
+def test_threads_fit_beside_other_work():
+    from charlstm.base.runtime import threads_for
+
+    assert threads_for(cores=2, busy_elsewhere=0.0, ceiling=2) == 2
+    assert threads_for(cores=2, busy_elsewhere=1.0, ceiling=2) == 1
+    assert threads_for(cores=2, busy_elsewhere=2.0, ceiling=2) == 1  # never none
+    assert threads_for(cores=16, busy_elsewhere=3.2, ceiling=8) == 8  # never past the starting count
+    assert threads_for(cores=4, busy_elsewhere=1.6, ceiling=4) == 2
+
+
+def test_the_thread_governor_rechecks_on_its_own_schedule(monkeypatch):
+    import torch
+
+    from charlstm.base.runtime import ThreadGovernor
+
+    now, busy, checks = [0.0], [0.0], []
+
+    def measure() -> float:
+        checks.append(now[0])
+        return busy[0]
+
+    started = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    governor = ThreadGovernor(every=20.0, clock=lambda: now[0], busy=measure)
+    governor.ceiling = governor.current = governor.cores = 2
+    for step in range(100):  # a step a second for 100 seconds; the machine gets busy at 50 s
+        now[0] = float(step)
+        busy[0] = 1.0 if step >= 50 else 0.0
+        governor.tick()
+    assert checks == [0.0, 20.0, 40.0, 60.0, 80.0]
+    assert governor.changes == [(60.0, 1)]
+    assert torch.get_num_threads() == started

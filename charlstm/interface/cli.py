@@ -105,6 +105,7 @@ total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at o
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="On a non-finite loss: stop, keeping the last good checkpoint, or skip the batch.")
 @click.option("--force", is_flag=True, help="Train even on a corpus whose characters look like binary data or are absurdly many.")
 def train(corpus: tuple[str, ...], **options: Any) -> None:
+    from ..base.runtime import ThreadGovernor
     from ..data.cache import CorpusCache
     from ..data.corpus import TextOptions, check_vocabulary
     from ..data.sources import load_corpus
@@ -153,7 +154,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     reporter.estimate = sizing.describe()
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
         _run_training(Trainer(data, model_config, train_config, options["out"] / name, reporter,
-                              distributed=distributed, preview=preview_text))
+                              distributed=distributed, preview=preview_text, threads=ThreadGovernor()))
 
 
 # Options of `train` that a resumed run compares with, or takes over into, its recorded settings.
@@ -166,6 +167,7 @@ _TEXT_OPTIONS = ("encoding", "decode_errors", "keep_crlf", "lowercase", "nfc")
 def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separator: str, options: dict[str, Any],
                      distributed: DistributedContext | None) -> Trainer:
     """The run's Trainer at its last step, with only the options the user typed again applied."""
+    from ..base.runtime import ThreadGovernor
     from ..generation.generator import preview_text
     from ..training.presets import PRESETS
     from ..training.resume import plan_resume
@@ -190,7 +192,7 @@ def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separat
     if distributed is None or distributed.is_main:
         for warning in plan.warnings:
             console.warn(warning)
-    return plan.trainer(console.ConsoleTrainReporter(), distributed, preview=preview_text)
+    return plan.trainer(console.ConsoleTrainReporter(), distributed, preview=preview_text, threads=ThreadGovernor())
 
 
 def _run_training(trainer: Trainer) -> None:

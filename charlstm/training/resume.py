@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from ..base.errors import CharlstmError, CheckpointError, CorpusError, name_chars
+from ..base.runtime import ThreadGovernor
 from ..data.cache import CorpusCache
 from ..data.corpus import Corpus, TextOptions, Vocab
 from ..data.sources import load_corpus
@@ -57,7 +58,8 @@ class ResumePlan:
         return self.checkpoint_dir.parent
 
     def trainer(
-        self, reporter: TrainReporter | None = None, distributed: DistributedContext | None = None, preview: Preview | None = None
+        self, reporter: TrainReporter | None = None, distributed: DistributedContext | None = None,
+        preview: Preview | None = None, threads: ThreadGovernor | None = None,
     ) -> Trainer:
         """The run's Trainer, positioned at its last step; refuses a run whose budget is spent.
 
@@ -75,6 +77,7 @@ class ResumePlan:
             model_state=self.model_state,
             distributed=distributed,
             preview=preview,
+            threads=threads,
         )
         if trainer.progress() >= 1.0:
             budget = ", ".join(

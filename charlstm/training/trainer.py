@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base.errors import CorpusError
-from ..base.runtime import autocast, resolve_device, resolve_precision
+from ..base.runtime import ThreadGovernor, autocast, resolve_device, resolve_precision
 from ..data.batches import StreamBatches
 from ..data.corpus import Corpus, Vocab
 from ..model.config import ModelConfig
@@ -65,6 +65,7 @@ class Trainer:
         model_state: dict[str, torch.Tensor] | None = None,
         distributed: DistributedContext | None = None,
         preview: Preview | None = None,
+        threads: ThreadGovernor | None = None,
     ):
         self.corpus = corpus
         self.model_config = model_config
@@ -74,6 +75,7 @@ class Trainer:
         self.is_main = self.distributed.is_main
         self.reporter = (reporter if self.is_main else None) or SilentReporter()
         self.preview = preview
+        self.threads = threads  # fits torch's thread count to a busy machine between steps
         own_rows = self.distributed.rows(config.batch_size)  # refuses an uneven split before joining the group
         self.device = self.distributed.bind(resolve_device(config.device))
         self.precision = resolve_precision(config.precision, self.device)
@@ -333,6 +335,8 @@ class Trainer:
             run.elapsed = now - clock
             agreed = self._agree(loss if loss is not None else 0.0)
             self.planner.observe_step(run.elapsed - before)
+            if self.threads is not None:
+                self.threads.tick()
             if loss is not None:
                 run.train_loss_ema = agreed if run.train_loss_ema is None else 0.95 * run.train_loss_ema + 0.05 * agreed
             progress = self.progress()

@@ -31,8 +31,8 @@ import json, sys, time
 start = time.perf_counter()
 from pathlib import Path
 from charlstm import ModelConfig, TrainConfig, Trainer
-from charlstm.cache import CorpusCache
-from charlstm.sources import load_corpus
+from charlstm.data.cache import CorpusCache
+from charlstm.data.sources import load_corpus
 
 
 def peak_rss_mb():
@@ -55,7 +55,7 @@ if load:
     Trainer(corpus, model, config, Path(run_dir)).train()
 else:
     import torch
-    from charlstm.model import CharLSTM
+    from charlstm.model.network import CharLSTM
     torch.optim.AdamW(CharLSTM(model).parameters())
 print(json.dumps({"import": imported - start, "load": loaded_at - imported, "total": time.perf_counter() - start,
                   "from_cache": from_cache, "peak_rss_mb": peak_rss_mb()}))

@@ -33,7 +33,7 @@ from charlstm.analysis.bench import default_size
 from charlstm.data.corpus import Vocab
 from charlstm.generation.session import ReplSession, ReplSettings
 from charlstm.interface.repl import PipedLines, Repl
-from charlstm.interface.terminal import ReplView
+from charlstm.interface.repl import ReplView
 from charlstm.model.network import CharLSTM
 from charlstm.training.checkpoint import LoadedModel
 from charlstm.training.presets import PRESETS

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from ..base.errors import CorpusError, UnknownCharactersError
+from ..base.reading import FileRefused, memory_available, read_bytes
 
 UnknownPolicy = Literal["error", "skip", "replace"]
 
@@ -146,9 +147,9 @@ def read_text(path: str | Path, options: TextOptions = TextOptions()) -> str:
     if path.is_dir():
         raise CorpusError(f"{path} is a directory; give a text file")
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise CorpusError(f"cannot read {path}: {error.strerror}") from None
+        data = read_bytes(path, memory_available() // 8)
+    except FileRefused as refused:
+        raise CorpusError(f"{refused}; give a text file of a size this machine can hold") from None
     if not data:
         raise CorpusError(f"{path} is empty; give a file with some text in it")
     text = decode_bytes(data, str(path), options)

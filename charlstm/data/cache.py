@@ -43,6 +43,20 @@ class CorpusCache:
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory) if directory is not None else default_cache_dir()
 
+    def unusable(self) -> str | None:
+        """Why this cache cannot be used at all (its place is a file, say), or None.
+
+        The cache only saves time, so callers warn once and carry on without it
+        rather than fail or retry it for every file.
+        """
+        for place in (self.directory, *self.directory.parents):
+            if place.is_dir():
+                return None
+            if place.exists():
+                return (f"the corpus cache {self.directory} cannot be a folder: {place} is a file; "
+                        f"point {CACHE_ENV} at a folder (going on without the cache)")
+        return None
+
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.directory / f"{key}.npy", self.directory / f"{key}.json"
 

@@ -9,6 +9,7 @@ whose characters all fit in one byte (ASCII, Latin-1) takes a faster path still:
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import sysconfig
 import unicodedata
@@ -75,6 +76,15 @@ class TextOptions:
     keep_crlf: bool = False
     lowercase: bool = False
     nfc: bool = True
+
+    def __post_init__(self) -> None:
+        """Refuse a codec that is unknown or not bytes-to-text (rot13, base64) before any file is read."""
+        try:
+            found = codecs.lookup(self.encoding)
+        except LookupError:
+            raise CorpusError(f"unknown text encoding {self.encoding!r}; try --encoding utf-8") from None
+        if not getattr(found, "_is_text_encoding", True):
+            raise CorpusError(f"{self.encoding!r} is not a text encoding; try --encoding utf-8 or latin-1")
 
 
 def _crlf_to_lf(data: bytes) -> bytes:
@@ -245,6 +255,11 @@ class Vocab:
         """The characters seen at least ``min_count`` times, plus :data:`UNKNOWN_CHAR` if any were rarer."""
         present = counts > 0
         kept = present & (counts >= min_count)
+        if present.any() and not kept.any():
+            raise CorpusError(
+                f"--min-char-count {min_count} is more than any character's count (the most common appears "
+                f"{int(counts.max())} times), which leaves only the unknown symbol; give a smaller --min-char-count"
+            )
         chars = _chars_of(np.flatnonzero(kept))
         if (present & ~kept).any() and UNKNOWN_CHAR not in chars:
             chars = sorted([*chars, UNKNOWN_CHAR])

@@ -19,6 +19,8 @@ from ..model.network import CharLSTM, State
 from ..model.stepper import LSTMStepper, ModelStepper, Stepper, forward_last
 
 
+# Characters read in one forward call: a megabyte-long prime in one call fails inside oneDNN.
+PRIME_CHUNK = 16384
 # Below this temperature logits / T overflows float32 and the draw would be NaN-driven, not greedy.
 GREEDY_BELOW = 1e-6
 
@@ -164,7 +166,9 @@ class Generator:
         """
         shared = state is None
         batch = ids.to(self.device).unsqueeze(0).expand(1 if shared else num_streams, -1)
-        logits, state = forward_last(self.model, batch, state, self.precision)
+        for piece in batch.split(PRIME_CHUNK, dim=1):
+            logits, state = forward_last(self.model, piece, state, self.precision)
+        assert state is not None, "feed needs at least one id"
         if shared and num_streams > 1:
             logits = logits.expand(num_streams, -1).contiguous()
             state = tuple(s.expand(-1, num_streams, -1).contiguous() for s in state)

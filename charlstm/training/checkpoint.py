@@ -15,6 +15,7 @@ code from the file.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -63,8 +64,25 @@ def write_checkpoint(
         save_file(weights, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "charlstm": __version__})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         if training_state is not None:
-            torch.save(training_state, staging / STATE_FILE)
+            _save_state(training_state, staging / STATE_FILE)
     return final
+
+
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save, whose failed write is a RuntimeError from ``inline_container.cc``, as the OSError it is:
+    the run writer then tells the user what is safe on disk instead of a C++ message."""
+    try:
+        torch.save(state, path)
+    except RuntimeError as error:
+        if "write" not in str(error).lower():
+            raise
+        try:
+            space = os.statvfs(path.parent)
+            full = space.f_bavail * space.f_frsize < 1024 * 1024
+        except OSError:
+            full = False
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def prepare_run_dir(run_dir: Path, new_run: bool) -> None:

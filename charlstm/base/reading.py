@@ -67,13 +67,14 @@ def read_bytes(path: Path, limit: int | None = None, head: int | None = None) ->
         if error.errno == errno.ENOENT:
             raise FileRefused(path, "does not exist") from None
         raise FileRefused(path, f"cannot be read ({error.strerror or error})") from None
-    with os.fdopen(descriptor, "rb", buffering=0) as handle:
-        info = os.fstat(descriptor)
-        kind = kind_of(info.st_mode)
+    info = os.fstat(descriptor)
+    kind = kind_of(info.st_mode)
+    if kind is not None or (limit is not None and info.st_size > limit):
+        os.close(descriptor)
         if kind is not None:
             raise FileRefused(path, f"is {kind}, not a regular file")
-        if limit is not None and info.st_size > limit:
-            raise FileRefused(path, f"is {format_size(info.st_size)}, more than the {format_size(limit)} allowed")
+        raise FileRefused(path, f"is {format_size(info.st_size)}, more than the {format_size(limit or 0)} allowed")
+    with os.fdopen(descriptor, "rb", buffering=0) as handle:
         wanted = info.st_size if head is None else min(head, info.st_size)
         try:
             data = handle.read(wanted)
@@ -82,9 +83,9 @@ def read_bytes(path: Path, limit: int | None = None, head: int | None = None) ->
     return data or b""
 
 
-def read_utf8(path: Path, limit: int = JSON_LIMIT) -> str:
+def read_utf8(path: Path, limit: int | None = None) -> str:
     """A small text file of ours (JSON, JSON lines), refused unless regular, bounded and UTF-8."""
-    data = read_bytes(path, limit)
+    data = read_bytes(path, JSON_LIMIT if limit is None else limit)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:

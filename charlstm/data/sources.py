@@ -164,7 +164,7 @@ def read_candidate(candidate: _Candidate, budget: int) -> bytes | SkippedFile:
     try:
         if candidate.skip is not None:
             raise FileRefused(candidate.path, candidate.skip)
-        if not candidate.named and b"\x00" in read_bytes(candidate.path, head=_BINARY_SNIFF_BYTES):
+        if not candidate.named and b"\x00" in read_bytes(candidate.path, budget, head=_BINARY_SNIFF_BYTES):
             return SkippedFile(candidate.path, "not a text file (binary)")
         return read_bytes(candidate.path, budget)
     except FileRefused as refused:

@@ -669,6 +669,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as problem:
         if debug:
             raise
+        if problem.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT) and problem.filename:
+            console.error(f"{problem.filename}: {problem.strerror}; check the path and its folder's permissions, "
+                          "or give another path")
+            sys.exit(1)
         if problem.errno not in (errno.ENOSPC, errno.EDQUOT):
             _unexpected(problem)
         _silence_stdout()

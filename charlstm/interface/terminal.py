@@ -61,11 +61,12 @@ MIN_WIDTH = 40
 
 
 def fit_width() -> None:
-    """Take $COLUMNS again (a test or wrapper may set it after import), never narrower than MIN_WIDTH."""
+    """Take $COLUMNS afresh (a wrapper or test may set it after import), never narrower than MIN_WIDTH."""
     columns = os.environ.get("COLUMNS", "")
     for console in (out, err):
-        if columns.isdigit() or console.width < MIN_WIDTH:
-            console.width = max(MIN_WIDTH, int(columns) if columns.isdigit() else console.width)
+        console.width = int(columns) if columns.isdigit() else None  # type: ignore[assignment]  # None: measure again
+        if console.width < MIN_WIDTH:
+            console.width = MIN_WIDTH
 
 
 def write_text(text: str) -> None:

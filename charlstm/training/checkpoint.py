@@ -376,8 +376,14 @@ def _check_shapes(weights_path: Path, model_config: ModelConfig) -> None:
             f"{weights_path.parent / CONFIG_FILE} says num_layers {model_config.num_layers}, but {weights_path.name} "
             f"holds only {len(stored)} tensors; the config does not belong to these weights"
         )
-    with torch.device("meta"):
-        expected = {name: tuple(tensor.shape) for name, tensor in CharLSTM(model_config).state_dict().items()}
+    try:
+        with torch.device("meta"):
+            expected = {name: tuple(tensor.shape) for name, tensor in CharLSTM(model_config).state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError) as error:  # sizes past what torch can even describe
+        raise CheckpointError(
+            f"{weights_path.parent / CONFIG_FILE} describes a model that does not match {weights_path.name} "
+            f"({str(error).splitlines()[0][:120]}); the config does not belong to these weights"
+        ) from None
     problems = [f"{name} {stored[name]} != {shape}" for name, shape in expected.items() if name in stored and stored[name] != shape]
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))

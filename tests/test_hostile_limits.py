@@ -347,19 +347,14 @@ def test_disk_full_on_stdout_is_one_line(trained_run, tmp_path, args):
     assert "No space left on device" in outcome.error_line and "free some space" in outcome.error_line
 
 
-@pytest.mark.parametrize("args", [("sample", "--prime", "é", "--unknown", "skip", "--length", "20"),
-                                  ("corpus", "stats", "UNICODE")])
+@pytest.mark.parametrize("args", [("corpus", "stats", "u.txt"), ("eval", "café.txt", "--json", "-c", "RUN"),
+                                  ("corpus", "stats", "café.txt")])
 def test_an_ascii_only_stdout_is_one_line(trained_run, tmp_path, args):
     text_file(tmp_path, "u.txt", "café naïve — “quoted” text\n" * 20)
-    args = tuple("u.txt" if a == "UNICODE" else a for a in args)
-    if args[0] == "sample":
-        args = (*args, "-c", str(trained_run), "--seed", "1")
-    outcome = limited(*args, cwd=tmp_path, env={"PYTHONIOENCODING": "ascii"}, timeout=60)
-    if outcome.code == 0:  # nothing outside ASCII came out
-        no_noise(outcome)
-    else:
-        line = outcome.final_error_line
-        assert "PYTHONIOENCODING=utf-8" in line
+    text_file(tmp_path, "café.txt")
+    args = tuple(str(trained_run) if a == "RUN" else a for a in args)
+    line = limited(*args, cwd=tmp_path, env={"PYTHONIOENCODING": "ascii"}, timeout=60).error_line
+    assert "encoding (ascii) cannot show" in line and "PYTHONIOENCODING=utf-8" in line
 
 
 @pytest.mark.parametrize("failure", ["No space left on device", "Input/output error"])
@@ -484,3 +479,21 @@ def test_a_reader_that_stops_early_is_not_an_error(trained_run, tmp_path, args):
     error = producer.stderr.read().decode()
     assert producer.wait(timeout=60) == 0, error
     assert error == ""
+
+
+@pytest.mark.parametrize("meta", [b"null", b"[1]", b"\xff\xfe", b"", "FOLDER"])
+def test_a_damaged_cache_entry_is_encoded_afresh(tmp_path, monkeypatch, private_corpus_cache, meta):
+    monkeypatch.chdir(tmp_path)
+    text_file(tmp_path)
+    assert main_outcome("corpus", "stats", "c.txt").code == 0
+    first = main_outcome("train", "c.txt", "--steps", "1", *TINY_CLI, "--out", "runs", "--name", "a")
+    assert first.code == 0, first.stderr
+    for entry in private_corpus_cache.glob("*.json"):
+        entry.unlink()
+        if meta == "FOLDER":
+            entry.mkdir()
+        else:
+            entry.write_bytes(meta)
+    outcome = main_outcome("train", "c.txt", "--steps", "1", *TINY_CLI, "--out", "runs", "--name", "b")
+    assert outcome.code == 0, outcome.stderr
+    no_noise(outcome)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..base.errors import CharlstmError
 from ..base.fsutil import atomic_write_text, replacing, user_dir
+from ..base.reading import FileRefused, read_utf8
 
 CACHE_ENV = "CHARLSTM_CACHE_DIR"
 # Bump when the layout of an entry or the meaning of the ids changes.
@@ -64,9 +65,11 @@ class CorpusCache:
         """The memory-mapped ids and metadata of ``key``, or None when there is no usable entry."""
         ids_path, meta_path = self._paths(key)
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = json.loads(read_utf8(meta_path))
             ids = np.load(ids_path, mmap_mode="r")
-        except (OSError, ValueError):
+        except (OSError, ValueError, FileRefused):
+            return None
+        if not isinstance(meta, dict):
             return None
         if len(ids) != meta.get("chars"):
             return None

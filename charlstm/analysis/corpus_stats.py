@@ -16,7 +16,13 @@ import torch
 
 from ..base.errors import CorpusError
 from ..data.corpus import TextOptions, Vocab, char_counts
-from ..data.sources import SkippedFile, resolve_sources, why_not_text
+from ..data.sources import (
+    SkippedFile,
+    corpus_budget,
+    read_candidate,
+    resolve_sources,
+    why_not_text,
+)
 from ..model.network import CharLSTM
 from ..training.presets import PRESETS
 
@@ -72,8 +78,12 @@ def corpus_stats(sources: Sequence[str | Path], options: TextOptions = TextOptio
     endings = {"LF": 0, "CRLF": 0, "CR": 0}
     total_bytes = files = with_bom = 0
     skipped: list[SkippedFile] = []
+    budget = corpus_budget()
     for candidate in resolve_sources(sources):
-        data = candidate.path.read_bytes()
+        data = read_candidate(candidate, budget)
+        if isinstance(data, SkippedFile):
+            skipped.append(data)
+            continue
         reason = why_not_text(data)
         if reason == "empty" and candidate.named:
             raise CorpusError(f"{candidate.path} is empty; give a file with some text in it")

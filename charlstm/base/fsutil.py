@@ -86,7 +86,7 @@ def replacing(path: Path) -> Iterator[Path]:
     """
     folder = path.parent
     if not folder.is_dir():
-        raise CharlstmError(f"cannot write {path}: the folder {folder} does not exist")
+        raise CharlstmError(f"cannot write {path}: the folder {folder} does not exist; create it or choose another path")
     staging = _staging(path)
     try:
         yield staging
@@ -94,7 +94,7 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(staging, path)
         fsync_dir(folder)
     except OSError as error:
-        raise CharlstmError(f"cannot write {path}: {error.strerror or error}") from None
+        raise CharlstmError(f"cannot write {path}: {error.strerror or error}; choose another path or free some space") from None
     finally:
         staging.unlink(missing_ok=True)
 

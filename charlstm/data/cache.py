@@ -20,6 +20,7 @@ import numpy as np
 
 from ..base.errors import CharlstmError
 from ..base.fsutil import atomic_write_text, replacing, user_dir
+from ..base.reading import FileRefused, read_utf8
 
 CACHE_ENV = "CHARLSTM_CACHE_DIR"
 # Bump when the layout of an entry or the meaning of the ids changes.
@@ -43,6 +44,20 @@ class CorpusCache:
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory) if directory is not None else default_cache_dir()
 
+    def unusable(self) -> str | None:
+        """Why this cache cannot be used at all (its place is a file, say), or None.
+
+        The cache only saves time, so callers warn once and carry on without it
+        rather than fail or retry it for every file.
+        """
+        for place in (self.directory, *self.directory.parents):
+            if place.is_dir():
+                return None
+            if place.exists():
+                return (f"the corpus cache {self.directory} cannot be a folder: {place} is a file; "
+                        f"point {CACHE_ENV} at a folder (going on without the cache)")
+        return None
+
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.directory / f"{key}.npy", self.directory / f"{key}.json"
 
@@ -50,9 +65,11 @@ class CorpusCache:
         """The memory-mapped ids and metadata of ``key``, or None when there is no usable entry."""
         ids_path, meta_path = self._paths(key)
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = json.loads(read_utf8(meta_path))
             ids = np.load(ids_path, mmap_mode="r")
-        except (OSError, ValueError):
+        except (OSError, ValueError, FileRefused):
+            return None
+        if not isinstance(meta, dict):
             return None
         if len(ids) != meta.get("chars"):
             return None

@@ -9,6 +9,7 @@ whose characters all fit in one byte (ASCII, Latin-1) takes a faster path still:
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import sysconfig
 import unicodedata
@@ -19,6 +20,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from ..base.errors import CorpusError, UnknownCharactersError
+from ..base.reading import FileRefused, memory_available, read_bytes
 
 UnknownPolicy = Literal["error", "skip", "replace"]
 
@@ -74,6 +76,15 @@ class TextOptions:
     keep_crlf: bool = False
     lowercase: bool = False
     nfc: bool = True
+
+    def __post_init__(self) -> None:
+        """Refuse a codec that is unknown or not bytes-to-text (rot13, base64) before any file is read."""
+        try:
+            found = codecs.lookup(self.encoding)
+        except LookupError:
+            raise CorpusError(f"unknown text encoding {self.encoding!r}; try --encoding utf-8") from None
+        if not getattr(found, "_is_text_encoding", True):
+            raise CorpusError(f"{self.encoding!r} is not a text encoding; try --encoding utf-8 or latin-1")
 
 
 def _crlf_to_lf(data: bytes) -> bytes:
@@ -146,9 +157,9 @@ def read_text(path: str | Path, options: TextOptions = TextOptions()) -> str:
     if path.is_dir():
         raise CorpusError(f"{path} is a directory; give a text file")
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise CorpusError(f"cannot read {path}: {error.strerror}") from None
+        data = read_bytes(path, memory_available() // 8)
+    except FileRefused as refused:
+        raise CorpusError(f"{refused}; give a text file of a size this machine can hold") from None
     if not data:
         raise CorpusError(f"{path} is empty; give a file with some text in it")
     text = decode_bytes(data, str(path), options)
@@ -244,6 +255,11 @@ class Vocab:
         """The characters seen at least ``min_count`` times, plus :data:`UNKNOWN_CHAR` if any were rarer."""
         present = counts > 0
         kept = present & (counts >= min_count)
+        if present.any() and not kept.any():
+            raise CorpusError(
+                f"--min-char-count {min_count} is more than any character's count (the most common appears "
+                f"{int(counts.max())} times), which leaves only the unknown symbol; give a smaller --min-char-count"
+            )
         chars = _chars_of(np.flatnonzero(kept))
         if (present & ~kept).any() and UNKNOWN_CHAR not in chars:
             chars = sorted([*chars, UNKNOWN_CHAR])

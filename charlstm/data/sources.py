@@ -10,12 +10,14 @@ cached by content (see :mod:`charlstm.cache`).
 
 from __future__ import annotations
 
-import glob
+import fnmatch
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from ..base.errors import CorpusError
+from ..base.reading import FileRefused, memory_available, read_bytes, why_not_regular
 from .cache import CorpusCache, cache_key
 from .corpus import (
     DEFAULT_CORPUS_DESCRIPTION,
@@ -54,34 +56,89 @@ class LoadedCorpus:
 class _Candidate:
     path: Path
     named: bool  # named outright by the user, rather than found in a folder or by a pattern
+    skip: str | None = None  # why a folder or pattern's entry cannot be read, found while walking
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    """Every file under ``folder`` in sorted order, hidden files and folders left out."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+# A pattern or folder walk never descends into these: they hold no corpus and some never end.
+_PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+# How many entries a folder or pattern may visit before the walk gives up with a message.
+WALK_LIMIT = 200_000
+
+
+def _pseudo(path: Path) -> Path | None:
+    resolved = path.resolve()
+    return next((root for root in _PSEUDO_FILESYSTEMS if resolved == root or root in resolved.parents), None)
+
+
+def _matches(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Glob matching of path components, ``**`` spanning folders; hidden names match only a pattern saying so."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return _matches(parts, pattern[1:]) or (bool(parts) and not parts[0].startswith(".") and _matches(parts[1:], pattern))
+    if not parts or (parts[0].startswith(".") and not pattern[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
+
+
+def _walk(root: Path, pattern: Sequence[str], shown: str) -> list[_Candidate]:
+    """The files under ``root`` whose relative path matches ``pattern``, in sorted order, and the entries
+    that could not be read; bounded so that no pattern walks a whole disk or a pseudo-filesystem."""
+    pseudo = _pseudo(root)
+    if pseudo is not None:
+        raise CorpusError(f"{shown} searches {pseudo}, which holds no corpus files; name a folder of text files")
+    found: list[_Candidate] = []
+    visited = 0
+    depth = None if "**" in pattern else len(pattern)
+
+    def unreadable(error: OSError) -> None:
+        found.append(_Candidate(Path(error.filename or root), False, f"cannot be read ({error.strerror or error})"))
+
+    for folder, folders, files in os.walk(root, onerror=unreadable):
+        here = Path(folder)
+        relative = here.relative_to(root).parts
+        visited += len(folders) + len(files)
+        if visited > WALK_LIMIT:
+            raise CorpusError(
+                f"{shown} reaches more than {WALK_LIMIT} files and folders; narrow it to the folder that holds the corpus"
+            )
+        folders[:] = sorted(
+            name for name in folders
+            if (depth is None or len(relative) + 1 < depth) and not name.startswith(".") and _pseudo(here / name) is None
+        )
+        for name in sorted(files):
+            if _matches(relative + (name,), pattern):
+                found.append(_Candidate(here / name, False, why_not_regular(here / name)))
+    return sorted(found, key=lambda candidate: candidate.path)
+
+
+def _expand_pattern(text: str) -> list[_Candidate]:
+    parts = Path(text).parts
+    fixed = next(i for i, part in enumerate(parts) if any(c in _GLOB_CHARS for c in part))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    if not root.is_dir():
+        return []
+    return _walk(root, parts[fixed:], f"the pattern {text}")
 
 
 def resolve_sources(sources: Sequence[str | Path]) -> list[_Candidate]:
-    """The files that ``sources`` name, each once, in corpus order."""
+    """The files that ``sources`` name, each once, in corpus order; entries of folders and patterns
+    that cannot be read come with the reason to skip them."""
     if not sources:
         raise CorpusError("no corpus given; name a text file, a folder or a pattern such as 'poems/*.txt'")
     candidates: list[_Candidate] = []
     for source in sources:
         text, path = str(source), Path(source)
         if any(c in _GLOB_CHARS for c in text) and not path.exists():
-            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-            if not matches:
+            matches = _expand_pattern(text)
+            if not any(match.skip is None for match in matches):
                 raise CorpusError(f"no files match {text}; check the pattern (quote it so the shell passes it on)")
-            candidates += [_Candidate(match, named=False) for match in matches]
+            candidates += matches
         elif path.is_dir():
-            files = _folder_files(path)
+            files = _walk(path, ("**", "*"), f"the folder {path}")
             if not files:
                 raise CorpusError(f"the folder {path} holds no files; give a folder with text files in it")
-            candidates += [_Candidate(file, named=False) for file in files]
+            candidates += files
         elif path.exists():
             candidates.append(_Candidate(path, named=True))
         else:
@@ -96,11 +153,25 @@ def resolve_sources(sources: Sequence[str | Path]) -> list[_Candidate]:
     return unique
 
 
-def _read(path: Path) -> bytes:
+def corpus_budget() -> int:
+    """The most corpus bytes to read: preparing and encoding a text takes several times its size."""
+    return memory_available() // 8
+
+
+def read_candidate(candidate: _Candidate, budget: int) -> bytes | SkippedFile:
+    """A candidate's bytes, or why a folder's or pattern's file is skipped; a file named outright that
+    cannot be read (a FIFO, a device, more than ``budget`` bytes) is refused."""
     try:
-        return path.read_bytes()
-    except OSError as error:
-        raise CorpusError(f"cannot read {path}: {error.strerror}") from None
+        if candidate.skip is not None:
+            raise FileRefused(candidate.path, candidate.skip)
+        if not candidate.named and b"\x00" in read_bytes(candidate.path, budget, head=_BINARY_SNIFF_BYTES):
+            return SkippedFile(candidate.path, "not a text file (binary)")
+        return read_bytes(candidate.path, budget)
+    except FileRefused as refused:
+        if not candidate.named:
+            return SkippedFile(candidate.path, refused.reason)
+        remedy = ("; give a smaller file or split it" if "allowed" in refused.reason else "; give a text file")
+        raise CorpusError(f"{refused}{remedy}") from None
 
 
 def why_not_text(data: bytes) -> str | None:
@@ -155,8 +226,13 @@ def load_corpus(
     files: list[CorpusFile] = []
     contents: list[bytes | None] = []
     named: list[bool] = []
+    budget = corpus_budget()
     for candidate in candidates:
-        data = _read(candidate.path)
+        data = read_candidate(candidate, budget)
+        if isinstance(data, SkippedFile):
+            skipped.append(data)
+            continue
+        budget -= len(data)
         reason = why_not_text(data)
         if reason is not None and not candidate.named:
             skipped.append(SkippedFile(candidate.path, reason))

@@ -18,6 +18,11 @@ from ..data.corpus import UnknownPolicy, Vocab
 from ..model.network import CharLSTM, State
 from ..model.stepper import LSTMStepper, ModelStepper, Stepper, forward_last
 
+# Characters read in one forward call: a megabyte-long prime in one call fails inside oneDNN.
+PRIME_CHUNK = 16384
+# Below this temperature logits / T overflows float32 and the draw would be NaN-driven, not greedy.
+GREEDY_BELOW = 1e-6
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -31,6 +36,11 @@ class SamplingOptions:
     top_k: int | None = None
     top_p: float | None = None
 
+    @property
+    def greedy(self) -> bool:
+        """Temperatures this small are greedy in all but rounding: dividing by them overflows to inf."""
+        return self.temperature < GREEDY_BELOW
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 100.0:
             raise CharlstmError(f"temperature must be between 0 and 100, not {self.temperature}")
@@ -42,7 +52,7 @@ class SamplingOptions:
 
 def pick_next(logits: torch.Tensor, options: SamplingOptions, rng: torch.Generator | None) -> torch.Tensor:
     """Draw one id per row of ``logits`` (N, V) under ``options``."""
-    if options.temperature == 0.0:
+    if options.greedy:
         return logits.argmax(dim=-1)
     scores = logits.float() / options.temperature
     if options.top_k is not None and options.top_k < scores.shape[-1]:
@@ -53,6 +63,7 @@ def pick_next(logits: torch.Tensor, options: SamplingOptions, rng: torch.Generat
         probs = torch.softmax(ordered, dim=-1)
         # Drop a character once the ones before it already cover top_p; the first always stays.
         drop = (torch.cumsum(probs, dim=-1) - probs) >= options.top_p
+        drop[..., 0] = False  # a top_p below float32's smallest number compares as 0
         ordered = ordered.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered)
     probs = torch.softmax(scores, dim=-1)
@@ -84,7 +95,7 @@ class InPlaceDraw:
         """Ids (N,) drawn from CPU logits (N, V), which it may change; the result is a buffer the next draw overwrites."""
         if self.never is not None:
             logits[:, self.never] = float("-inf")
-        if self.options.temperature == 0.0:
+        if self.options.greedy:
             return torch.argmax(logits, dim=-1, out=self.ids)
         if not self.plain:
             return pick_next(logits, self.options, self.rng)
@@ -154,7 +165,9 @@ class Generator:
         """
         shared = state is None
         batch = ids.to(self.device).unsqueeze(0).expand(1 if shared else num_streams, -1)
-        logits, state = forward_last(self.model, batch, state, self.precision)
+        for piece in batch.split(PRIME_CHUNK, dim=1):
+            logits, state = forward_last(self.model, piece, state, self.precision)
+        assert state is not None, "feed needs at least one id"
         if shared and num_streams > 1:
             logits = logits.expand(num_streams, -1).contiguous()
             state = tuple(s.expand(-1, num_streams, -1).contiguous() for s in state)

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Literal
 
 from ..base.errors import CharlstmError, UnknownCharactersError
 from ..base.fsutil import atomic_write_text
+from ..base.reading import FileRefused, read_bytes, why_not_regular
 from ..data.corpus import UnknownPolicy
 from ..model.network import State
 from ..training.checkpoint import LoadedModel
@@ -395,6 +396,9 @@ class ReplSession:
         """Write every turn to ``path`` atomically; never replace a file that is not a transcript."""
         if path.is_dir():
             raise CharlstmError(f"{path} is a directory; give a file name")
+        kind = why_not_regular(path) if path.exists() else None
+        if kind is not None:
+            raise CharlstmError(f"{path} {kind}; give the name of a file to write the transcript to")
         if path.exists() and not _is_transcript(path):
             raise CharlstmError(f"{path} exists and is not a charlstm transcript; choose another name")
         lines = [f"{TRANSCRIPT_MARK} · run {self.info.run_name} · checkpoint {self.info.checkpoint}"]
@@ -409,8 +413,9 @@ class ReplSession:
 
 
 def _is_transcript(path: Path) -> bool:
+    """Whether ``path`` starts with the transcript mark, reading no more than the mark's bytes."""
+    mark = TRANSCRIPT_MARK.encode("utf-8")
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.readline().startswith(TRANSCRIPT_MARK)
-    except (OSError, UnicodeDecodeError):
+        return read_bytes(path, head=len(mark)) == mark
+    except FileRefused:
         return False

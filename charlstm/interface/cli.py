@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -36,7 +37,10 @@ from .options import (
 from .signals import TwoStageStop
 
 if TYPE_CHECKING:
+    from ..data.cache import CorpusCache
     from ..data.corpus import TextOptions
+    from ..model.config import ModelConfig
+    from ..training.config import TrainConfig
     from ..training.distributed import DistributedContext
     from ..training.trainer import Trainer
 
@@ -46,7 +50,29 @@ force_output_option = click.option(
     help="Replace an existing file that is not charlstm's own earlier output (devices, FIFOs and folders are refused even so).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ReaderGone(Exception):
+    """stdout's reader went away (``| head``): carried past click, which would turn the OSError into exit 1."""
+
+
+class CharlstmGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise ReaderGone() from None
+
+
+def _escapes(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Escapes stand for characters a shell cannot pass; a broken one is refused before any corpus is read."""
+    try:
+        return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as error:
+        raise click.BadParameter(
+            f"{value!r} has a broken escape ({error.reason}); write a backslash as \\\\ or use \\n, \\t, \\xHH"
+        ) from None
+
+
+@click.group(cls=CharlstmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="charlstm")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.pass_context
@@ -98,7 +124,7 @@ total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at o
 @click.option("--lowercase", is_flag=True, help="Fold the text to lower case (a smaller vocabulary; no capitals generated).")
 @click.option("--nfc/--no-nfc", default=True, show_default=True, help="Compose characters to Unicode NFC, so each letter is one id however the file spelled it.")
 @click.option("--min-char-count", type=click.IntRange(min=1), default=1, show_default=True, help="Characters seen fewer times become one unknown symbol (U+FFFD).")
-@click.option("--doc-separator", default="\\n", show_default=True, help="Text put between files (backslash escapes such as \\n work).")
+@click.option("--doc-separator", default="\\n", show_default=True, callback=_escapes, help="Text put between files (backslash escapes such as \\n work).")
 @click.option("--undecodable", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="A file in a folder or pattern that does not decode: stop, or skip it with a warning.")
 @click.option("--no-cache", is_flag=True, help="Encode the corpus afresh and do not store it in the cache.")
 @click.option("--resume", metavar="[RUN]", is_flag=False, flag_value="", help="Continue RUN (a run directory; default: the newest run under --out) where it stopped.")
@@ -123,7 +149,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     text_options = TextOptions(
         options["encoding"], options["decode_errors"], options["keep_crlf"], options["lowercase"], options["nfc"]
     )
-    separator = options["doc_separator"].encode("latin-1", "backslashreplace").decode("unicode_escape")
+    separator = options["doc_separator"]
     if options["name"] is not None:
         check_run_name(options["name"])  # before the corpus is read: a bad name should cost nothing
     if options["resume"] is not None:
@@ -136,7 +162,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
         separator=separator,
         undecodable=options["undecodable"],
         min_char_count=options["min_char_count"],
-        cache=None if options["no_cache"] else CorpusCache(),
+        cache=None if options["no_cache"] else _usable_cache(CorpusCache()),
     )
     console.note_skipped(loaded.skipped)
     data = loaded.corpus
@@ -149,12 +175,48 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
         probe = cached_speed_probe(len(data.vocab), choices.device, choices.precision,
                                    on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"))
     model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)
+    _check_fits(model_config, train_config)
     name = options["name"] or f"{safe_run_stem(_run_stem(corpus))}-{time.strftime('%Y%m%d-%H%M%S')}"
     reporter = console.ConsoleTrainReporter()
     reporter.estimate = sizing.describe()
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
         _run_training(Trainer(data, model_config, train_config, options["out"] / name, reporter,
                               distributed=distributed, preview=preview_text, threads=ThreadGovernor()))
+
+
+def _usable_cache(cache: CorpusCache) -> CorpusCache | None:
+    """The cache, or None with one warning when it cannot be used: it only saves time."""
+    reason = cache.unusable()
+    if reason is None:
+        return cache
+    console.warn(reason)
+    return None
+
+
+def _check_fits(model_config: ModelConfig, train_config: TrainConfig) -> None:
+    """Refuse a model that cannot fit in this machine's memory before a byte of it is allocated.
+
+    Training holds each parameter four times in fp32 (weights, gradients, two AdamW moments),
+    and each step's activations: several gate values per unit, layer and character of the batch.
+    """
+    import torch
+
+    from ..base.reading import format_size, memory_available
+    from ..base.runtime import resolve_device
+    from ..model.network import CharLSTM
+
+    if resolve_device(train_config.device).type != "cpu":
+        return
+    with torch.device("meta"):
+        parameters = CharLSTM(model_config).num_parameters()
+    activations = 8 * train_config.batch_size * train_config.seq_len * model_config.num_layers * model_config.hidden_size
+    needed = 4 * (4 * parameters + activations)
+    have = memory_available()
+    if needed > have:
+        raise CharlstmError(
+            f"this model ({parameters:,} parameters) needs about {format_size(needed)} to train, and this machine "
+            f"has {format_size(have)}; choose a smaller --size, --hidden, --layers, --emb or --batch-size"
+        )
 
 
 # Options of `train` that a resumed run compares with, or takes over into, its recorded settings.
@@ -578,10 +640,21 @@ def bench(size: str | None, steps: int, precision: str, as_json: bool) -> None:
         console.print_bench(result)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's final flush of what could not be written says nothing more."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already closed, or not a real file (a test's StringIO)
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr; --debug shows the traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(errors="backslashreplace")  # a message never fails on an ASCII-only terminal
+    console.fit_width()
     try:
         cli.main(args=args, prog_name="charlstm", standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -610,13 +683,38 @@ def main(argv: list[str] | None = None) -> None:
             raise
         console.error("interrupted")
         sys.exit(130)
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`): not an error. Point stdout at
-        # /dev/null so Python's final flush does not complain either.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (BrokenPipeError, ReaderGone):
+        # The reader went away (e.g. `| head`): not an error.
+        _silence_stdout()
         sys.exit(0)
+    except UnicodeEncodeError as problem:
+        if debug:
+            raise
+        _silence_stdout()
+        console.error(
+            f"the output's encoding ({problem.encoding}) cannot show {problem.object[problem.start:problem.end]!a}; "
+            "set PYTHONIOENCODING=utf-8 (or a UTF-8 locale) and run again"
+        )
+        sys.exit(1)
+    except OSError as problem:
+        if debug:
+            raise
+        if problem.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT) and problem.filename:
+            console.error(f"{problem.filename}: {problem.strerror}; check the path and its folder's permissions, "
+                          "or give another path")
+            sys.exit(1)
+        if problem.errno not in (errno.ENOSPC, errno.EDQUOT):
+            _unexpected(problem)
+        _silence_stdout()
+        where = problem.filename or "the output"
+        console.error(f"could not write {where} ({problem.strerror}); free some space or write elsewhere")
+        sys.exit(1)
     except Exception as bug:  # noqa: BLE001 - the last line of defence keeps tracebacks behind --debug
         if debug:
             raise
-        console.error(f"unexpected {type(bug).__name__}: {bug} (run with --debug for the traceback)")
-        sys.exit(1)
+        _unexpected(bug)
+
+
+def _unexpected(bug: Exception) -> NoReturn:
+    console.error(f"unexpected {type(bug).__name__}: {bug} (run with --debug for the traceback)")
+    sys.exit(1)

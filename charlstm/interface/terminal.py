@@ -10,6 +10,8 @@ line every few seconds elsewhere (CI, a log file). The layers below never print.
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,6 +54,19 @@ def warn(message: str) -> None:
 
 def note(message: str) -> None:
     err.print(escape(message), soft_wrap=True)
+
+
+# Narrower than this, tables and panels have no room for a single cell and print nothing.
+MIN_WIDTH = 40
+
+
+def fit_width() -> None:
+    """Take $COLUMNS afresh (a wrapper or test may set it after import), never narrower than MIN_WIDTH."""
+    columns = os.environ.get("COLUMNS", "")
+    for console in (out, err):
+        console.width = int(columns) if columns.isdigit() else None  # type: ignore[assignment]  # None: measure again
+        if console.width < MIN_WIDTH:
+            console.width = MIN_WIDTH
 
 
 def write_text(text: str) -> None:
@@ -348,13 +363,24 @@ def print_corpus_stats(stats: "CorpusStats") -> None:
     out.print(table)
 
 
+def _finite(data: Any) -> Any:
+    """NaN and infinities as null: bare NaN is not JSON, and a script reading it would fail or be misled."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
+
+
 def write_json(data: Any) -> None:
-    write_text(json.dumps(data, indent=2) + "\n")
+    write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
 def write_json_line(data: Any) -> None:
     """One JSON object on one line (characters as themselves, not escaped), for scripts and JSONL."""
-    write_text(json.dumps(data, ensure_ascii=False) + "\n")
+    write_text(json.dumps(_finite(data), ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def phase(name: str) -> None:

@@ -15,7 +15,9 @@ code from the file.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import re
 import warnings
@@ -24,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..base.errors import CheckpointError
 from ..base.fsutil import FileLock, LockHeld, previous_dir, replacing_dir
+from ..base.reading import FileRefused, read_bytes, read_utf8, why_not_regular
 from ..base.version import __version__
 from ..data.corpus import Vocab
 from ..model.config import ModelConfig
@@ -86,6 +89,10 @@ def config_json(config: dict[str, Any]) -> str:
     return re.sub(r"[\ud800-\udfff]", lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
+# metrics.jsonl gains a line every few steps: a long run's is megabytes, never gigabytes.
+METRICS_LIMIT = 512 * 1024 * 1024
+
+
 def write_checkpoint(
     run_dir: Path,
     tag: str,
@@ -100,8 +107,25 @@ def write_checkpoint(
         save_file(weights, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "charlstm": __version__})
         (staging / CONFIG_FILE).write_text(config_json(config), encoding="utf-8")
         if training_state is not None:
-            torch.save(training_state, staging / STATE_FILE)
+            _save_state(training_state, staging / STATE_FILE)
     return final
+
+
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save, whose failed write is a RuntimeError from ``inline_container.cc``, as the OSError it is:
+    the run writer then tells the user what is safe on disk instead of a C++ message."""
+    try:
+        torch.save(state, path)
+    except RuntimeError as error:
+        if "write" not in str(error).lower():
+            raise
+        try:
+            space = os.statvfs(path.parent)
+            full = space.f_bavail * space.f_frsize < 1024 * 1024
+        except OSError:
+            full = False
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def prepare_run_dir(run_dir: Path, new_run: bool) -> FileLock:
@@ -162,17 +186,31 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def _metrics_record(line: str) -> dict[str, Any] | None:
+    """One line of metrics.jsonl as a record with a whole-number step and finite numbers, or None:
+    a line cut short by a crash, or edited by hand, costs that line, never the run's curves."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int) or isinstance(record["step"], bool):
+        return None
+    return {
+        key: value for key, value in record.items()
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isfinite(value)
+    }
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash; the rest are still good
-    return records
+    try:
+        data = read_bytes(path, METRICS_LIMIT)
+    except FileRefused as refused:
+        raise CheckpointError(f"{refused}; move it aside and the run's checkpoints still load") from None
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return [record for line in lines if (record := _metrics_record(line)) is not None]
 
 
 def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
@@ -276,11 +314,13 @@ class LoadedModel:
 
 def read_config(checkpoint_dir: Path) -> dict[str, Any]:
     path = checkpoint_dir / CONFIG_FILE
+    if not os.path.lexists(path):
+        raise CheckpointError(f"{checkpoint_dir} has no {CONFIG_FILE}; it is not a complete checkpoint")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{checkpoint_dir} has no {CONFIG_FILE}; it is not a complete checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        config = json.loads(read_utf8(path))
+    except FileRefused as refused:
+        raise CheckpointError(f"{refused}; the checkpoint is damaged: train again or restore it") from None
+    except ValueError as error:
         raise CheckpointError(f"{path} is not valid JSON ({error}); the checkpoint is damaged") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} is not a checkpoint config (expected a JSON object)")
@@ -295,7 +335,36 @@ def read_config(checkpoint_dir: Path) -> dict[str, Any]:
     for key in ("model", "vocab"):
         if key not in config:
             raise CheckpointError(f"{path} lacks the {key!r} field; the checkpoint is damaged")
+    problem = _section_problem(config)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}; the checkpoint is damaged: train again or restore it")
     return config
+
+
+# Settings read outside the model section, and the JSON types every reader of a config expects.
+_SECTION_TYPES: dict[str, type | tuple[type, ...]] = {"model": dict, "train": dict, "corpus": dict, "metrics": dict,
+                                                      "vocab": list, "precision": str}
+_TRAIN_TYPES: dict[str, type | tuple[type, ...]] = {"batch_size": int, "seq_len": int, "val_frac": (int, float)}
+
+
+def _section_problem(config: dict[str, Any]) -> str | None:
+    """What in a config has the wrong JSON type, named, so no reader fails on it somewhere inside."""
+    def wrong(value: Any, expected: type | tuple[type, ...]) -> bool:
+        return not isinstance(value, expected) or isinstance(value, bool)
+
+    for key, expected in _SECTION_TYPES.items():
+        if key in config and wrong(config[key], expected):
+            return f"{key!r} is {type(config[key]).__name__}, not {getattr(expected, '__name__', 'a number')}"
+    if not all(isinstance(char, str) for char in config["vocab"]):
+        return "'vocab' holds something other than characters"
+    for key, expected in _TRAIN_TYPES.items():
+        value = config.get("train", {}).get(key)
+        if value is not None and wrong(value, expected):
+            return f"train.{key} is {value!r}, not a number"
+    for key, value in config.get("metrics", {}).items():
+        if value is not None and wrong(value, (int, float)) and not isinstance(value, str):
+            return f"metrics.{key} is {type(value).__name__}, not a number"
+    return None
 
 
 def _check_types(settings: Any) -> None:
@@ -326,27 +395,64 @@ def load(path: str | Path | None = None, device: str | torch.device = "cpu", pre
             f"the {len(vocab)} characters stored; the checkpoint is damaged"
         )
     weights_path = checkpoint_dir / WEIGHTS_FILE
+    _check_shapes(weights_path, model_config)
     try:
         weights = load_file(str(weights_path), device="cpu")
     except FileNotFoundError:
         raise CheckpointError(f"{checkpoint_dir} has no {WEIGHTS_FILE}") from None
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{weights_path} cannot be read ({error}); the file is damaged") from None
+    broken = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise CheckpointError(
+            f"{weights_path} holds NaN or infinite weights ({', '.join(broken[:3])}); "
+            "use the run's other checkpoint (--which) or train again"
+        )
     model = CharLSTM(model_config)
     expected = model.state_dict()
-    problems = [
-        f"{name} {tuple(weights[name].shape)} != {tuple(tensor.shape)}"
-        for name, tensor in expected.items()
-        if name in weights and weights[name].shape != tensor.shape
-    ]
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if problems or missing or unexpected:
-        detail = "; ".join(problems + [f"missing {m}" for m in missing] + [f"unexpected {u}" for u in unexpected])
-        raise CheckpointError(f"{weights_path} does not match its config ({detail[:200]})")
     model.load_state_dict({name: weights[name].to(expected[name].dtype) for name in expected})
     model.to(device).eval()
     return LoadedModel(model=model, vocab=vocab, config=config, path=checkpoint_dir)
+
+
+def _header_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the safetensors header alone: nothing of the weights is read."""
+    why = why_not_regular(weights_path)
+    if why is not None:
+        raise CheckpointError(f"{weights_path} {why}; the checkpoint is damaged")
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{weights_path} cannot be read ({error}); the file is damaged") from None
+
+
+def _check_shapes(weights_path: Path, model_config: ModelConfig) -> None:
+    """Refuse a config that disagrees with its weights before a model of its size is built.
+
+    A hand-edited config (hidden_size 10**9, num_layers 10**6) would otherwise allocate
+    without bound; the shapes in the header are what the file can really hold.
+    """
+    stored = _header_shapes(weights_path)
+    if model_config.num_layers > len(stored):
+        raise CheckpointError(
+            f"{weights_path.parent / CONFIG_FILE} says num_layers {model_config.num_layers}, but {weights_path.name} "
+            f"holds only {len(stored)} tensors; the config does not belong to these weights"
+        )
+    try:
+        with torch.device("meta"):
+            expected = {name: tuple(tensor.shape) for name, tensor in CharLSTM(model_config).state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError) as error:  # sizes past what torch can even describe
+        raise CheckpointError(
+            f"{weights_path.parent / CONFIG_FILE} describes a model that does not match {weights_path.name} "
+            f"({str(error).splitlines()[0][:120]}); the config does not belong to these weights"
+        ) from None
+    problems = [f"{name} {stored[name]} != {shape}" for name, shape in expected.items() if name in stored and stored[name] != shape]
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if problems or missing or unexpected:
+        detail = "; ".join(problems + [f"missing {m}" for m in missing] + [f"unexpected {u}" for u in unexpected])
+        raise CheckpointError(f"{weights_path} does not match its config ({detail[:200]})")
 
 
 def load_training_state(checkpoint_dir: Path) -> dict[str, Any]:

@@ -131,11 +131,3 @@ class ThreadGovernor:
             torch.set_num_threads(wanted)
             self.current = wanted
             self.changes.append((now, wanted))
-
-
-def prefer_passive_waiting() -> None:
-    """Ask OpenMP to let waiting threads sleep instead of spinning (unless the user chose otherwise).
-
-    Must run before torch is first imported: the OpenMP runtime reads it once, at load.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -505,7 +505,7 @@ def test_a_failing_save_leaves_the_previous_checkpoints_byte_identical(finished_
         if name.startswith(f"{failing}/"):
             assert tree(finished_run).get(name) == digest, name
     assert charlstm.load(finished_run, prefer=failing).config["metrics"]["step"] == 4
-    assert sorted(p.name for p in finished_run.iterdir()) == ["best", "last", "metrics.jsonl"]
+    assert sorted(p.name for p in finished_run.iterdir()) == ["best", "last", "metrics.jsonl", "summary.json"]
 
 
 def test_an_unwritable_config_is_refused_before_training(tmp_path, tiny_corpus_file, monkeypatch):

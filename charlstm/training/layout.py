@@ -11,5 +11,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "training_state.pt"
 METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"  # what a finished session of the run did: steps, losses, where the time went
 DEFAULT_ROOT = Path("checkpoints")
 TAGS = ("best", "last")

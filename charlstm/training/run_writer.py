@@ -9,11 +9,12 @@ writer remembers the step each checkpoint holds.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from ..base.errors import CharlstmError, CheckpointError
-from ..base.fsutil import FileLock
+from ..base.fsutil import FileLock, atomic_write_text
 from ..base.version import __version__
 from ..data.corpus import Corpus
 from ..model.config import ModelConfig
@@ -28,7 +29,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import Sync
-from .layout import CONFIG_FILE
+from .layout import CONFIG_FILE, SUMMARY_FILE
 from .run_state import RunState
 
 
@@ -105,6 +106,17 @@ class RunWriter:
                 append_metrics(self.run_dir, record)
             except OSError as error:
                 raise self.failed("metrics.jsonl", step, error) from error
+
+        self.sync.on_main(write)
+
+    def summary(self, result: dict[str, Any]) -> None:
+        """summary.json: the session's result (steps, losses, the wall clock and where it went), so that
+        scripts and benchmarks read what the summary table showed."""
+        def write() -> None:
+            try:
+                atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(result, indent=2, default=str) + "\n")
+            except CharlstmError as error:
+                raise CheckpointError(f"{error}; the checkpoints in {self.run_dir} are complete") from None
 
         self.sync.on_main(write)
 

@@ -8,6 +8,7 @@ wall-clock time. It never prints; it tells a :class:`TrainReporter` what happens
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -371,5 +372,6 @@ class Trainer:
             train_seconds=run.train_seconds, eval_seconds=run.eval_seconds, save_seconds=run.save_seconds,
             preview_seconds=run.preview_seconds, final_val_chars=self._last_read[0], val_chars=self._last_read[1],
         )
+        self.writer.summary(dataclasses.asdict(result))
         self.reporter.finish(result)
         return result

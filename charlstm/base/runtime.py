@@ -75,27 +75,40 @@ def autocast(device: torch.device, precision: str) -> ContextManager[Any]:
 # -- sharing the CPU -------------------------------------------------------------------------------
 
 
-def cpu_busy_elsewhere(interval: float = 0.2) -> float:
-    """Cores kept busy by other processes over the next ``interval`` seconds (0 where /proc is absent).
+class BusyElsewhere:
+    """Cores kept busy by other processes, averaged since the previous call (0 where /proc is absent).
 
-    Read between training steps, when this process computes nothing, so what is busy is someone else.
+    This process's own CPU time is subtracted, so it can be read while training runs. Only the first
+    call waits (``prime`` seconds, to have a window at all); later ones cost two small file reads,
+    nothing on the training path.
     """
-    def sample() -> tuple[float, float]:
+
+    def __init__(self, prime: float = 0.2, clock: Callable[[], float] = time.monotonic):
+        self.prime, self.clock = prime, clock
+        self.last: tuple[float, float, float] | None = None  # (when, busy ticks of the machine, of this process)
+
+    @staticmethod
+    def _sample() -> tuple[float, float]:
         with open("/proc/stat", encoding="ascii") as stat:
             fields = [float(value) for value in stat.readline().split()[1:]]
         with open("/proc/self/stat", encoding="ascii") as own:
             mine = own.read().rsplit(")", 1)[1].split()
         busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)  # all but idle and iowait
-        return busy, float(mine[11]) + float(mine[12])  # utime + stime of this process
+        return busy, float(mine[11]) + float(mine[12])  # utime + stime of this process, all its threads
 
-    try:
-        busy_before, mine_before = sample()
-        time.sleep(interval)
-        busy_after, mine_after = sample()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return max(0.0, (busy_after - busy_before) - (mine_after - mine_before)) / ticks / interval
+    def __call__(self) -> float:
+        try:
+            if self.last is None:
+                self.last = (self.clock(), *self._sample())
+                time.sleep(self.prime)
+            busy, mine = self._sample()
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        now = self.clock()
+        then, busy_before, mine_before = self.last
+        self.last = (now, busy, mine)
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        return max(0.0, (busy - busy_before) - (mine - mine_before)) / ticks / max(now - then, 1e-3)
 
 
 def threads_for(cores: int, busy_elsewhere: float, ceiling: int) -> int:
@@ -110,10 +123,10 @@ class ThreadGovernor:
     never above the count it started with, so a caller that chose one thread keeps one thread."""
 
     def __init__(self, every: float = 20.0, clock: Callable[[], float] = time.monotonic,
-                 busy: Callable[[], float] = cpu_busy_elsewhere):
+                 busy: Callable[[], float] | None = None):
         import torch
 
-        self.every, self.clock, self.busy = every, clock, busy
+        self.every, self.clock, self.busy = every, clock, busy or BusyElsewhere()
         self.ceiling = self.current = torch.get_num_threads()
         self.cores = os.cpu_count() or 1
         self.checked_at: float | None = None

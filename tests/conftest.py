@@ -135,3 +135,21 @@ def main_outcome(*args: str) -> CliOutcome:
 # A model and batch shape that train in a fraction of a second through the CLI.
 TINY_CLI = ("--hidden", "24", "--layers", "1", "--emb", "8", "--batch-size", "4", "--seq-len", "16",
             "--precision", "fp32", "--device", "cpu")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium driven by Playwright (its own browser download does not work offline).
+
+    CI installs the `chromium` package, so a missing browser is an error there, not a skip."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import charlstm
 
 PACKAGE = Path(charlstm.__file__).parent
-LAYERS = ("base", "data", "model", "training", "generation", "analysis", "interface")
+LAYERS = ("base", "data", "model", "training", "generation", "analysis", "export", "interface")
 # Modules at the package root and the layer each belongs to.
 ROOT_MODULES = {"__init__": "interface", "__main__": "interface", "cli": "interface"}
 

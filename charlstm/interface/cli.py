@@ -131,13 +131,19 @@ total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at o
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="On a non-finite loss: stop, keeping the last good checkpoint, or skip the batch.")
 @click.option("--force", is_flag=True, help="Train even on a corpus whose characters look like binary data or are absurdly many.")
 def train(corpus: tuple[str, ...], **options: Any) -> None:
-    from ..base.runtime import ThreadGovernor
+    from ..base.runtime import ThreadGovernor, resolve_device
     from ..data.cache import CorpusCache
     from ..data.corpus import TextOptions, check_vocabulary
     from ..data.sources import load_corpus
     from ..generation.generator import preview_text
     from ..training.checkpoint import check_run_name, safe_run_stem
     from ..training.distributed import launched
+    from ..training.gpu import (
+        apply_cuda_settings,
+        choose_gpu_configs,
+        cuda_shape_probe,
+        uses_gpu_rule,
+    )
     from ..training.sizing import (
         REFERENCE_SPEEDS,
         RunChoices,
@@ -169,12 +175,19 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     for warning in check_vocabulary(data.vocab, data.source, options["force"]):
         console.warn(warning)
     choices = RunChoices.from_options(options)
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        probe = REFERENCE_SPEEDS.__getitem__  # every rank must pick the same shape: no per-rank timing
+    single = os.environ.get("WORLD_SIZE", "1") == "1"
+    if single and uses_gpu_rule(choices, resolve_device(choices.device).type):  # grow the batch to fill the GPU
+        shape_probe = cuda_shape_probe(len(data.vocab), choices.device, choices.precision,
+                                       on_measure=lambda what: console.phase(f"the training speed of {what}"))
+        model_config, train_config, sizing = choose_gpu_configs(choices, len(data), len(data.vocab), shape_probe)
+        apply_cuda_settings(sizing.cudnn_benchmark)
     else:
-        probe = cached_speed_probe(len(data.vocab), choices.device, choices.precision,
-                                   on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"))
-    model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)
+        if not single:
+            probe = REFERENCE_SPEEDS.__getitem__  # every rank must pick the same shape: no per-rank timing
+        else:
+            probe = cached_speed_probe(len(data.vocab), choices.device, choices.precision,
+                                       on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"))
+        model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)  # type: ignore[assignment]
     _check_fits(model_config, train_config)
     name = options["name"] or f"{safe_run_stem(_run_stem(corpus))}-{time.strftime('%Y%m%d-%H%M%S')}"
     reporter = console.ConsoleTrainReporter()

@@ -283,3 +283,45 @@ def test_a_cuda_trainer_defers_its_reads_and_trains(tmp_path, tiny_text):
     assert trainer.deferred_reads and trainer.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     result = trainer.train()
     assert result.steps == 40 and result.best_val_loss < 4.0
+
+
+def test_sampling_auto_takes_the_gpu_only_for_a_wide_batch(monkeypatch):
+    from charlstm.base.runtime import GPU_SAMPLING_MIN_BATCH, resolve_sampling_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_sampling_device("auto", 1).type == "cpu"
+    assert resolve_sampling_device("auto", GPU_SAMPLING_MIN_BATCH - 1).type == "cpu"
+    assert resolve_sampling_device("auto", GPU_SAMPLING_MIN_BATCH).type == "cuda"
+    assert resolve_sampling_device("cpu", 64).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_sampling_device("auto", 64).type == "cpu"
+
+
+def test_bench_on_cuda_refuses_in_one_line_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    from tests.conftest import main_outcome
+
+    outcome = main_outcome("bench", "--device", "cuda")
+    assert outcome.code != 0
+    assert outcome.error_line == "error: --device cuda was asked for but no CUDA GPU is available; use --device cpu"
+
+
+def test_bench_defaults_on_cuda_fill_the_card():
+    from charlstm.analysis.bench import CUDA_BATCH, BenchConfig
+
+    config = BenchConfig.for_device("cuda")
+    assert config.size == "xl" and config.batch_shape() == CUDA_BATCH and config.steps >= 100
+    cpu = BenchConfig.for_device("cpu")
+    assert (cpu.size, cpu.steps, cpu.batch_shape(), cpu.sample_batch) == ("medium", 24, (32, 64), 32)
+
+
+@needs_cuda
+def test_bench_on_cuda_reports_the_bf16_check_and_both_sampling_paths():
+    from charlstm.analysis.bench import BenchConfig, run_bench
+
+    result = run_bench(BenchConfig(size="small", steps=8, rounds=2, sample_chars=20, device="cuda", batch=(64, 64),
+                                   sample_batch=64, matmul_size=1024))
+    assert result.device == "cuda" and result.versions["cudnn"]
+    assert result.lstm_precision is not None and result.train.ratio > 0
+    assert [s.batch for s in result.sampling] == [1, 64, 1] and result.sampling[-1].charlstm_device == "cpu"

@@ -21,7 +21,7 @@ from ..base.version import __version__
 from ..data.corpus import DEFAULT_CORPUS_DESCRIPTION
 from ..data.synth import SYNTH_KINDS
 from ..training.layout import DEFAULT_ROOT
-from ..training.presets import PRESETS
+from ..training.presets import ALL_PRESETS, PRESETS
 from . import terminal as console
 from .options import (
     PRECISIONS,
@@ -390,11 +390,11 @@ def sample(checkpoint: Path | None, prime: str, length: int, temperature: float,
            top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str,
            precision: str) -> None:
     """Generate text from a trained model and stream it to stdout."""
-    from ..base.runtime import resolve_device
+    from ..base.runtime import resolve_sampling_device
     from ..generation.generator import Generator, SamplingOptions
     from ..training.checkpoint import load
 
-    loaded = load(checkpoint, device=resolve_device(device), prefer=which)
+    loaded = load(checkpoint, device=resolve_sampling_device(device, num_samples), prefer=which)
     generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]
     shown_prime = prime if unknown == "error" else loaded.vocab.decode(loaded.vocab.encode(prime, unknown))  # type: ignore[arg-type]
     if num_samples == 1:
@@ -637,15 +637,16 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
 
 
 @cli.command()
-@click.option("--size", type=click.Choice(list(PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text).")
-@click.option("--steps", type=click.IntRange(min=1), default=24, show_default=True, help="Timed training steps for each of the two training loops.")
-@precision_option(PRECISIONS, "auto", "auto: bf16 on CPUs that run it fast, else fp32.")
+@click.option("--size", type=click.Choice(list(ALL_PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text; xl at batch 256x128 on a GPU).")
+@click.option("--steps", type=click.IntRange(min=1), help="Timed training steps for each of the two training loops (default 24; 240 on a GPU).")
+@precision_option(PRECISIONS, "auto", "auto: bf16 on CPUs/GPUs that run it fast, else fp32.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Measure on the CPU or on the CUDA GPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout instead of a table.")
-def bench(size: str | None, steps: int, precision: str, as_json: bool) -> None:
+def bench(size: str | None, steps: int | None, precision: str, device: str, as_json: bool) -> None:
     """Measure training and sampling speed on this machine, against plain PyTorch in the same run."""
-    from ..analysis.bench import BenchConfig, default_size, run_bench
+    from ..analysis.bench import BenchConfig, run_bench
 
-    config = BenchConfig(size=size or default_size(), steps=steps, precision=precision)  # type: ignore[arg-type]
+    config = BenchConfig.for_device(device, size, steps, precision)  # type: ignore[arg-type]
     result = run_bench(config, on_phase=console.phase)
     if as_json:
         console.write_json(result.to_dict())

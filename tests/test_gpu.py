@@ -325,3 +325,23 @@ def test_bench_on_cuda_reports_the_bf16_check_and_both_sampling_paths():
     assert result.device == "cuda" and result.versions["cudnn"]
     assert result.lstm_precision is not None and result.train.ratio > 0
     assert [s.batch for s in result.sampling] == [1, 64, 1] and result.sampling[-1].charlstm_device == "cpu"
+
+
+def test_the_gpu_script_checks_everything_but_the_gpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be\n" * 50, encoding="utf-8")
+    dry = subprocess.run([sys.executable, str(script), str(corpus), "--dry-run"], capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert "would run: -m charlstm bench --device cuda --json" in dry.stdout
+    assert f"would run: -m charlstm train {corpus} --time 3m" in dry.stdout
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "absent.txt")], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: corpus not found")
+    if not torch.cuda.is_available():
+        refused = subprocess.run([sys.executable, str(script), str(corpus)], capture_output=True, text=True)
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+            "error: no CUDA GPU is available here; run this on a machine with one (--dry-run checks the rest)"]

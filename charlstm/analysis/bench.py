@@ -7,10 +7,17 @@ straightforward per-character loop, the time to a first character, and the
 memory-bandwidth floor on one sampling step. The pairs are interleaved in
 rounds, so a neighbour's load on a shared machine falls on both sides; the
 ratios are what carries over between machines, the raw rates are not.
+
+On a CUDA GPU (``device="cuda"``) both loops run there, at a batch wide enough
+to fill the card (:data:`CUDA_BATCH`), and each timing ends with a device
+synchronisation; the bench also checks that cuDNN runs the LSTM in bf16 under
+autocast rather than quietly in fp32, and times batch-1 sampling on the CPU's
+fused step beside the GPU's, the measurement behind ``sample --device auto``.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 import time
@@ -22,14 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..base.runtime import Precision, autocast, resolve_precision
+from ..base.runtime import Precision, autocast, resolve_device, resolve_precision
 from ..data.corpus import Corpus, Vocab
 from ..generation.generator import Generator, SamplingOptions
 from ..model.config import ModelConfig
 from ..model.network import CharLSTM
 from ..model.stepper import LSTMStepper
 from ..training.config import TrainConfig
-from ..training.presets import PRESETS
+from ..training.presets import ALL_PRESETS
 from ..training.reporting import SilentReporter, StepStats
 from ..training.trainer import Trainer
 
@@ -37,6 +44,9 @@ BENCH_VOCAB_SIZE = 65
 """Tiny Shakespeare's alphabet size: the head's width in the benchmark model."""
 
 DEFAULT_SIZE = "medium"
+# On a GPU: the model a timed run on tiny Shakespeare trains, at a batch that fills a data-centre card.
+CUDA_SIZE, CUDA_BATCH = "xl", (256, 128)
+CUDA_STEPS, CUDA_MATMUL_SIZE, CUDA_SAMPLE_BATCH = 240, 8192, 64
 
 
 def default_size() -> str:
@@ -57,12 +67,27 @@ class BenchConfig:
     prime_chars: int = 200
     first_char_tries: int = 5
     matmul_size: int = 2048
+    device: str = "cpu"
+    batch: tuple[int, int] | None = None  # (streams, window); default the preset's
 
     def __post_init__(self) -> None:
-        if self.size not in PRESETS:
-            raise ValueError(f"size must be one of {', '.join(PRESETS)}, not {self.size!r}")
+        if self.size not in ALL_PRESETS:
+            raise ValueError(f"size must be one of {', '.join(ALL_PRESETS)}, not {self.size!r}")
         if self.steps < 1 or self.rounds < 1:
             raise ValueError("steps and rounds must be at least 1")
+
+    @classmethod
+    def for_device(cls, device: str, size: str | None = None, steps: int | None = None,
+                   precision: Precision = "auto") -> "BenchConfig":
+        """The defaults of ``charlstm bench``: a CPU-sized run, or on CUDA one sized to fill the card."""
+        if device == "cuda":
+            return cls(size=size or CUDA_SIZE, steps=steps or CUDA_STEPS, precision=precision, device=device,
+                       batch=CUDA_BATCH, matmul_size=CUDA_MATMUL_SIZE, sample_batch=CUDA_SAMPLE_BATCH)
+        return cls(size=size or default_size(), steps=steps or cls.steps, precision=precision, device=device)
+
+    def batch_shape(self) -> tuple[int, int]:
+        preset = ALL_PRESETS[self.size]
+        return self.batch or (preset.batch_size, preset.seq_len)
 
 
 @dataclass
@@ -88,6 +113,7 @@ class SamplingSpeed:
     naive_chars_per_sec: float
     charlstm_chars_per_sec: float
     ratio: float
+    charlstm_device: str = ""  # where charlstm's side ran, when not where the plain loop did
 
 
 @dataclass
@@ -97,6 +123,16 @@ class MemoryBound:
     bound_steps_per_sec: float
     measured_steps_per_sec: float
     fraction_of_bound: float
+
+
+@dataclass
+class LstmPrecision:
+    """Whether cuDNN ran the LSTM in bf16 under autocast, and what that bought over fp32."""
+
+    output_dtype: str
+    fp32_chars_per_sec: float
+    bf16_chars_per_sec: float
+    speedup: float
 
 
 @dataclass
@@ -115,6 +151,10 @@ class BenchResult:
     first_char_ms: float
     stepper_setup_ms: float
     memory: MemoryBound
+    device: str = "cpu"
+    device_name: str = ""
+    versions: dict[str, str] | None = None
+    lstm_precision: LstmPrecision | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,31 +175,38 @@ def training_flops_per_char(config: ModelConfig) -> float:
     return 3 * forward
 
 
-def _best_seconds(run: Callable[[], object], repeats: int) -> float:
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What makes a timing honest on this device: on CUDA a kernel launch returns before the work is done."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def _best_seconds(run: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> float:
     run()
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         run()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def measure_matmul_peak(size: int = 2048, repeats: int = 4) -> MatmulPeak:
+def measure_matmul_peak(size: int = 2048, repeats: int = 4, device: torch.device = torch.device("cpu")) -> MatmulPeak:
     """The best FLOP rate of square products in fp32 and bf16: the denominator of MFU."""
     rates = {}
     for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(size, size).to(dtype)
-        b = torch.randn(size, size).to(dtype)
-        out = torch.empty(size, size, dtype=dtype)
-        rates[dtype] = 2 * size**3 / _best_seconds(lambda: torch.mm(a, b, out=out), repeats)
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        out = torch.empty(size, size, dtype=dtype, device=device)
+        rates[dtype] = 2 * size**3 / _best_seconds(lambda: torch.mm(a, b, out=out), repeats, synchronizer(device))
     return MatmulPeak(size, rates[torch.float32], rates[torch.bfloat16])
 
 
-def measure_read_bandwidth(num_bytes: int, repeats: int = 20) -> float:
+def measure_read_bandwidth(num_bytes: int, repeats: int = 20, device: torch.device = torch.device("cpu")) -> float:
     """Bytes per second read by summing a buffer of ``num_bytes``: what streaming the weights can reach."""
-    buffer = torch.ones(max(1, num_bytes // 4))
-    return buffer.numel() * 4 / _best_seconds(buffer.sum, repeats)
+    buffer = torch.ones(max(1, num_bytes // 4), device=device)
+    return buffer.numel() * 4 / _best_seconds(buffer.sum, repeats, synchronizer(device))
 
 
 def bench_vocab(vocab_size: int = BENCH_VOCAB_SIZE) -> Vocab:
@@ -172,39 +219,46 @@ def bench_text(num_chars: int, vocab: Vocab, seed: int = 0) -> str:
 
 
 class _StepClock(SilentReporter):
-    """A trainer reporter that notes when each step ends, so the timing covers the whole loop."""
+    """A trainer reporter that notes when the first and the last step end (after the device finished them),
+    so the timing covers the whole loop without adding a wait to the steps between."""
 
-    def __init__(self) -> None:
+    def __init__(self, last_step: int, sync: Callable[[], None]) -> None:
+        self.last_step, self.sync = last_step, sync
         self.step_ends: list[float] = []
 
     def step(self, stats: StepStats) -> None:
-        self.step_ends.append(time.perf_counter())
+        if stats.step in (1, self.last_step):
+            self.sync()
+            self.step_ends.append(time.perf_counter())
 
 
 def _time_charlstm_training(corpus: Corpus, model_config: ModelConfig, train_config: TrainConfig) -> float:
     """Seconds for charlstm's Trainer.train() loop from the end of its first step to the end of its last."""
-    clock = _StepClock()
+    clock = _StepClock(train_config.steps or 1, synchronizer(resolve_device(train_config.device)))
     with tempfile.TemporaryDirectory() as run_dir:
         Trainer(corpus, model_config, train_config, Path(run_dir), clock).train()
     return clock.step_ends[-1] - clock.step_ends[0]
 
 
 def _time_bare_training(corpus: Corpus, model_config: ModelConfig, train_config: TrainConfig, precision: str) -> float:
-    """Seconds for the same steps in plain PyTorch: embedding, nn.LSTM, linear, cross-entropy, AdamW."""
+    """Seconds for the same steps in plain PyTorch: embedding, nn.LSTM (cuDNN's on a GPU), linear,
+    cross-entropy, AdamW."""
     torch.manual_seed(train_config.seed)
-    device = torch.device("cpu")
+    device = resolve_device(train_config.device)
+    sync = synchronizer(device)
     batch, seq_len = train_config.batch_size, train_config.seq_len
-    embedding = torch.nn.Embedding(model_config.vocab_size, model_config.emb_size)
+    embedding = torch.nn.Embedding(model_config.vocab_size, model_config.emb_size).to(device)
     lstm = torch.nn.LSTM(model_config.emb_size, model_config.hidden_size, model_config.num_layers,
-                         batch_first=True, dropout=model_config.dropout if model_config.num_layers > 1 else 0.0)
-    head = torch.nn.Linear(model_config.hidden_size, model_config.vocab_size)
+                         batch_first=True, dropout=model_config.dropout if model_config.num_layers > 1 else 0.0).to(device)
+    head = torch.nn.Linear(model_config.hidden_size, model_config.vocab_size).to(device)
     params = [*embedding.parameters(), *lstm.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=train_config.lr)
-    ids = torch.from_numpy(corpus.ids[: batch * (seq_len + 1)].astype(np.int64)).view(batch, seq_len + 1)
+    ids = torch.from_numpy(corpus.ids[: batch * (seq_len + 1)].astype(np.int64)).view(batch, seq_len + 1).to(device)
     x, y = ids[:, :-1], ids[:, 1:]
-    state = tuple(torch.zeros(model_config.num_layers, batch, model_config.hidden_size) for _ in range(2))
+    state = tuple(torch.zeros(model_config.num_layers, batch, model_config.hidden_size, device=device) for _ in range(2))
     step_ends = []
-    for _ in range(train_config.steps or 1):
+    steps = train_config.steps or 1
+    for step in range(steps):
         with autocast(device, precision):
             output, state = lstm(embedding(x), state)
             logits = head(F.dropout(output, model_config.dropout))
@@ -213,14 +267,16 @@ def _time_bare_training(corpus: Corpus, model_config: ModelConfig, train_config:
         loss.backward()
         optimizer.step()
         state = tuple(s.detach() for s in state)
-        step_ends.append(time.perf_counter())
+        if step in (0, steps - 1):
+            sync()
+            step_ends.append(time.perf_counter())
     return step_ends[-1] - step_ends[0]
 
 
 def measure_training(config: BenchConfig, model_config: ModelConfig, precision: str, peak: MatmulPeak) -> TrainingSpeed:
     """Both loops in alternating rounds; each round's first step (warm-up) is not timed."""
-    preset = PRESETS[config.size]
-    batch, seq_len = preset.batch_size, preset.seq_len
+    preset = ALL_PRESETS[config.size]
+    batch, seq_len = config.batch_shape()
     vocab = bench_vocab(model_config.vocab_size)
     corpus = Corpus.from_text(bench_text(4 * batch * seq_len + 1, vocab), source="bench", vocab=vocab)
     timed = {"charlstm": 0.0, "bare": 0.0}
@@ -230,7 +286,7 @@ def measure_training(config: BenchConfig, model_config: ModelConfig, precision: 
         if steps == 0:
             continue
         train_config = TrainConfig(batch_size=batch, seq_len=seq_len, steps=steps + 1, lr=preset.lr, val_frac=0.0,
-                                   device="cpu", precision=precision, preview_chars=0)  # type: ignore[arg-type]
+                                   device=config.device, precision=precision, preview_chars=0)  # type: ignore[arg-type]
         timed["bare"] += _time_bare_training(corpus, model_config, train_config, precision)
         timed["charlstm"] += _time_charlstm_training(corpus, model_config, train_config)
         steps_done += steps
@@ -247,17 +303,20 @@ def naive_sampling_loop(model: CharLSTM, batch: int, seed: int = 0) -> Callable[
 
     The loop returns the seconds its ``length`` steps took.
     """
-    rng = torch.Generator().manual_seed(seed)
+    device = model.head.weight.device
+    rng = torch.Generator(device=device).manual_seed(seed)
+    sync = synchronizer(device)
 
     @torch.no_grad()
     def run(length: int) -> float:
         start = time.perf_counter()
-        ids = torch.zeros(batch, 1, dtype=torch.long)
+        ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         state = model.init_state(batch)
         for _ in range(length):
             output, state = model.rnn(model.embedding(ids), state)
             probs = torch.softmax(model.head(output[:, -1]), dim=-1)
             ids = torch.multinomial(probs, 1, generator=rng)
+        sync()
         return time.perf_counter() - start
 
     return run
@@ -291,9 +350,36 @@ def _rates(loops: dict[str, Callable[[int], float]], length: int, rounds: int) -
 
 
 def measure_sampling(model: CharLSTM, generator: Generator, batch: int, length: int, rounds: int) -> SamplingSpeed:
+    """The Generator against the plain loop on the model's device (the Generator may run elsewhere: then
+    the figure says which path pays on a GPU box)."""
     rates = _rates({"naive": naive_sampling_loop(model, batch), "charlstm": charlstm_sampling_loop(generator, batch)},
                    length, rounds)
-    return SamplingSpeed(batch, rates["naive"] * batch, rates["charlstm"] * batch, rates["charlstm"] / rates["naive"])
+    elsewhere = generator.device.type if generator.device.type != model.head.weight.device.type else ""
+    return SamplingSpeed(batch, rates["naive"] * batch, rates["charlstm"] * batch, rates["charlstm"] / rates["naive"],
+                         elsewhere)
+
+
+def measure_lstm_precision(model_config: ModelConfig, batch: tuple[int, int], device: torch.device,
+                           repeats: int = 5) -> LstmPrecision:
+    """Forward and backward of the bare ``nn.LSTM`` in fp32 and under bf16 autocast, and the dtype its output
+    comes out in: cuDNN may fall back to fp32 for some shapes, and only a measurement shows it."""
+    lstm = torch.nn.LSTM(model_config.emb_size, model_config.hidden_size, model_config.num_layers,
+                         batch_first=True).to(device)
+    inputs = torch.randn(*batch, model_config.emb_size, device=device)
+    dtype = ""
+
+    def step(precision: str) -> None:
+        nonlocal dtype
+        with autocast(device, precision):
+            output, _ = lstm(inputs)
+        dtype = str(output.dtype).removeprefix("torch.")
+        output.float().sum().backward()
+
+    sync = synchronizer(device)
+    fp32 = _best_seconds(lambda: step("fp32"), repeats, sync)
+    bf16 = _best_seconds(lambda: step("bf16"), repeats, sync)
+    chars = batch[0] * batch[1]
+    return LstmPrecision(dtype, chars / fp32, chars / bf16, fp32 / bf16)
 
 
 def measure_first_char(generator: Generator, prime: str, tries: int) -> float:
@@ -306,24 +392,42 @@ def measure_first_char(generator: Generator, prime: str, tries: int) -> float:
     return statistics.median(times)
 
 
+def device_description(device: torch.device) -> tuple[str, dict[str, str]]:
+    """The GPU's name and the torch/CUDA/cuDNN versions a figure was taken with (empty on a CPU)."""
+    if device.type != "cuda":
+        return "", {"torch": torch.__version__}
+    cudnn = torch.backends.cudnn.version()
+    return torch.cuda.get_device_name(device), {"torch": torch.__version__, "cuda": str(torch.version.cuda),
+                                                "cudnn": str(cudnn)}
+
+
 def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phase: None) -> BenchResult:
-    """Everything ``charlstm bench`` shows, measured now on this machine's CPU."""
-    preset = PRESETS[config.size]
+    """Everything ``charlstm bench`` shows, measured now on this machine's CPU or its CUDA GPU."""
+    device = resolve_device(config.device)  # one clear line where the device is absent
+    preset = ALL_PRESETS[config.size]
     model_config = preset.model_config(BENCH_VOCAB_SIZE)
-    precision = resolve_precision(config.precision, torch.device("cpu"))
+    precision = resolve_precision(config.precision, device)
     on_phase("matrix-product peak")
-    peak = measure_matmul_peak(config.matmul_size)
+    peak = measure_matmul_peak(config.matmul_size, device=device)
     on_phase("training: charlstm against a bare nn.LSTM loop")
     train = measure_training(config, model_config, precision, peak)
+    lstm_precision = None
+    if device.type == "cuda":
+        on_phase("cuDNN's LSTM in fp32 and under bf16 autocast")
+        lstm_precision = measure_lstm_precision(model_config, config.batch_shape(), device)
 
     torch.manual_seed(0)
-    model = CharLSTM(model_config)
+    model = CharLSTM(model_config).to(device)
     vocab = bench_vocab(model_config.vocab_size)
-    generator = Generator(model, vocab, device="cpu", precision=precision)  # type: ignore[arg-type]
+    generator = Generator(model, vocab, device=device, precision=precision)  # type: ignore[arg-type]
     sampling = []
     for batch in (1, config.sample_batch):
         on_phase(f"sampling at batch {batch}: Generator against a per-character nn.LSTM loop")
         sampling.append(measure_sampling(model, generator, batch, config.sample_chars, config.rounds))
+    if device.type == "cuda":
+        on_phase("sampling at batch 1 on the CPU's fused step against the GPU's plain loop")
+        on_cpu = Generator(copy.deepcopy(model).cpu(), vocab, device="cpu", precision="auto")
+        sampling.append(measure_sampling(model, on_cpu, 1, config.sample_chars, config.rounds))
     on_phase(f"first character after a {config.prime_chars}-character prime")
     first_char = measure_first_char(generator, bench_text(config.prime_chars, vocab), config.first_char_tries)
     setup_times = []
@@ -332,16 +436,18 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
         stepper = LSTMStepper(model, 1, precision)
         setup_times.append(time.perf_counter() - start)
     on_phase("memory bandwidth")
-    bandwidth = measure_read_bandwidth(stepper.streamed_bytes)
+    bandwidth = measure_read_bandwidth(stepper.streamed_bytes, device=device)
     bound = bandwidth / stepper.streamed_bytes
     measured_steps = sampling[0].charlstm_chars_per_sec
     memory = MemoryBound(stepper.streamed_bytes, bandwidth, bound, measured_steps, measured_steps / bound)
+    name, versions = device_description(device)
+    batch_size, seq_len = config.batch_shape()
     return BenchResult(
         size=config.size,
         model=model_config.to_dict(),
         parameters=model.num_parameters(),
-        batch_size=preset.batch_size,
-        seq_len=preset.seq_len,
+        batch_size=batch_size,
+        seq_len=seq_len,
         precision=precision,
         threads=torch.get_num_threads(),
         train=train,
@@ -351,4 +457,8 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
         first_char_ms=first_char * 1e3,
         stepper_setup_ms=statistics.median(setup_times) * 1e3,
         memory=memory,
+        device=device.type,
+        device_name=name,
+        versions=versions,
+        lstm_precision=lstm_precision,
     )

@@ -43,6 +43,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Samples drawn at once from which ``--device auto`` samples on a CUDA GPU: each character is a round trip
+# to the device (launches, then the draw read back), which one stream cannot repay, while the CPU's fused
+# step serves it from cache. `charlstm bench --device cuda` measures both sides at batch 1 and 64.
+GPU_SAMPLING_MIN_BATCH = 16
+
+
+def resolve_sampling_device(name: str, batch: int) -> torch.device:
+    """Where to sample ``batch`` streams: ``auto`` takes a CUDA GPU only from GPU_SAMPLING_MIN_BATCH streams
+    on (never MPS, whose round trips cost as much), the CPU otherwise; a named device as ``resolve_device``."""
+    import torch
+
+    if name != "auto":
+        return resolve_device(name)
+    on_gpu = batch >= GPU_SAMPLING_MIN_BATCH and torch.cuda.is_available()
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX or AVX512-bf16, where bf16 matrix products beat fp32."""
     import torch

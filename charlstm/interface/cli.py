@@ -21,7 +21,7 @@ from ..base.version import __version__
 from ..data.corpus import DEFAULT_CORPUS_DESCRIPTION
 from ..data.synth import SYNTH_KINDS
 from ..training.layout import DEFAULT_ROOT
-from ..training.presets import PRESETS
+from ..training.presets import ALL_PRESETS, PRESETS
 from . import terminal as console
 from .options import (
     PRECISIONS,
@@ -131,13 +131,19 @@ total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at o
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="On a non-finite loss: stop, keeping the last good checkpoint, or skip the batch.")
 @click.option("--force", is_flag=True, help="Train even on a corpus whose characters look like binary data or are absurdly many.")
 def train(corpus: tuple[str, ...], **options: Any) -> None:
-    from ..base.runtime import ThreadGovernor
+    from ..base.runtime import ThreadGovernor, resolve_device
     from ..data.cache import CorpusCache
     from ..data.corpus import TextOptions, check_vocabulary
     from ..data.sources import load_corpus
     from ..generation.generator import preview_text
     from ..training.checkpoint import check_run_name, safe_run_stem
     from ..training.distributed import launched
+    from ..training.gpu import (
+        apply_cuda_settings,
+        choose_gpu_configs,
+        cuda_shape_probe,
+        uses_gpu_rule,
+    )
     from ..training.sizing import (
         REFERENCE_SPEEDS,
         RunChoices,
@@ -169,12 +175,19 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     for warning in check_vocabulary(data.vocab, data.source, options["force"]):
         console.warn(warning)
     choices = RunChoices.from_options(options)
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        probe = REFERENCE_SPEEDS.__getitem__  # every rank must pick the same shape: no per-rank timing
+    single = os.environ.get("WORLD_SIZE", "1") == "1"
+    if single and uses_gpu_rule(choices, resolve_device(choices.device).type):  # grow the batch to fill the GPU
+        shape_probe = cuda_shape_probe(len(data.vocab), choices.device, choices.precision,
+                                       on_measure=lambda what: console.phase(f"the training speed of {what}"))
+        model_config, train_config, sizing = choose_gpu_configs(choices, len(data), len(data.vocab), shape_probe)
+        apply_cuda_settings(sizing.cudnn_benchmark)
     else:
-        probe = cached_speed_probe(len(data.vocab), choices.device, choices.precision,
-                                   on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"))
-    model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)
+        if not single:
+            probe = REFERENCE_SPEEDS.__getitem__  # every rank must pick the same shape: no per-rank timing
+        else:
+            probe = cached_speed_probe(len(data.vocab), choices.device, choices.precision,
+                                       on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"))
+        model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)  # type: ignore[assignment]
     _check_fits(model_config, train_config)
     name = options["name"] or f"{safe_run_stem(_run_stem(corpus))}-{time.strftime('%Y%m%d-%H%M%S')}"
     reporter = console.ConsoleTrainReporter()
@@ -388,7 +401,7 @@ def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length:
     import dataclasses
     import itertools
 
-    from ..base.runtime import resolve_device
+    from ..base.runtime import resolve_sampling_device
     from ..generation.controls import (
         GenerationRequest,
         SamplingOptions,
@@ -407,7 +420,7 @@ def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length:
         prime, length, SamplingOptions(temperature, top_k, top_p, min_p), num_samples, seed, unknown,  # type: ignore[arg-type]
         tuple(unescape(s) for s in stop), keep_stop, lines, logprobs,
     )
-    loaded = load(checkpoint, device=resolve_device(device), prefer=which)
+    loaded = load(checkpoint, device=resolve_sampling_device(device, num_samples), prefer=which)
     generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]
     generator.check_request(request)
     if prime_file is not None or prime == "-":
@@ -655,15 +668,16 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
 
 
 @cli.command()
-@click.option("--size", type=click.Choice(list(PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text).")
-@click.option("--steps", type=click.IntRange(min=1), default=24, show_default=True, help="Timed training steps for each of the two training loops.")
-@precision_option(PRECISIONS, "auto", "auto: bf16 on CPUs that run it fast, else fp32.")
+@click.option("--size", type=click.Choice(list(ALL_PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text; xl at batch 256x128 on a GPU).")
+@click.option("--steps", type=click.IntRange(min=1), help="Timed training steps for each of the two training loops (default 24; 240 on a GPU).")
+@precision_option(PRECISIONS, "auto", "auto: bf16 on CPUs/GPUs that run it fast, else fp32.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Measure on the CPU or on the CUDA GPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout instead of a table.")
-def bench(size: str | None, steps: int, precision: str, as_json: bool) -> None:
+def bench(size: str | None, steps: int | None, precision: str, device: str, as_json: bool) -> None:
     """Measure training and sampling speed on this machine, against plain PyTorch in the same run."""
-    from ..analysis.bench import BenchConfig, default_size, run_bench
+    from ..analysis.bench import BenchConfig, run_bench
 
-    config = BenchConfig(size=size or default_size(), steps=steps, precision=precision)  # type: ignore[arg-type]
+    config = BenchConfig.for_device(device, size, steps, precision)  # type: ignore[arg-type]
     result = run_bench(config, on_phase=console.phase)
     if as_json:
         console.write_json(result.to_dict())

@@ -90,14 +90,18 @@ def read_validation(
     was_training = model.training
     model.eval()
     state = model.init_state(batches.batch_size, device)
+    # Summed on the device in float64 and read once at the end: a read per window would make the host wait
+    # for a GPU each time. The additions are the ones Python's float would make, in the same order.
+    total = prefix_total = torch.zeros((), dtype=torch.float64, device=device)
     for window in range(read):
         x, y = batches.window(window, device)
         with autocast(device, precision):
             logits, state = model(x, state)
-        totals.total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        total = total + F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
         totals.count += y.numel()
         if window + 1 == prefix:
-            totals.prefix_total, totals.prefix_count = totals.total, totals.count
+            prefix_total, totals.prefix_count = total, totals.count
+    totals.total, totals.prefix_total = torch.stack((total, prefix_total)).tolist()
     if prefix == 0 or prefix > read:
         totals.prefix_total, totals.prefix_count = totals.total, totals.count
     model.train(was_training)

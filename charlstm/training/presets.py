@@ -43,4 +43,13 @@ PRESETS: dict[str, Preset] = {
     "large": Preset(num_layers=2, hidden_size=512, emb_size=64, batch_size=32, seq_len=64, lr=5e-3, dropout=0.1),
 }
 
+# Shapes only a GPU trains fast enough to feed: the CUDA rule (training/gpu.py) may pick them, the CPU rule
+# never does. Their batch shape is where the CUDA rule starts growing; learning rate and dropout are set
+# for a wide model that reads a small corpus many times over (pending measurement on a GPU).
+GPU_PRESETS: dict[str, Preset] = {
+    "xl": Preset(num_layers=2, hidden_size=1024, emb_size=128, batch_size=32, seq_len=64, lr=2e-3, dropout=0.2),
+}
+
+ALL_PRESETS: dict[str, Preset] = {**PRESETS, **GPU_PRESETS}
+
 DEFAULT_TIME_BUDGET = 600.0

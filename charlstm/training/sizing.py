@@ -24,7 +24,7 @@ from ..base.fsutil import atomic_write_text, user_dir
 from ..base.runtime import Precision
 from ..model.config import ModelConfig
 from .config import NanPolicy, TrainConfig
-from .presets import DEFAULT_TIME_BUDGET, PRESETS, Preset
+from .presets import ALL_PRESETS, DEFAULT_TIME_BUDGET, PRESETS, Preset
 
 # Characters a preset must be able to read within the budget before it is chosen over a smaller one.
 MIN_CHARS = {"medium": 5_000_000, "large": 30_000_000}
@@ -121,23 +121,26 @@ def _cpu_model() -> str:
     return ""
 
 
-def measure_speed(preset_name: str, vocab_size: int, device: str, precision: Precision, steps: int = 3) -> float:
+def measure_speed(preset_name: str, vocab_size: int, device: str, precision: Precision, steps: int = 3,
+                  batch_size: int | None = None, seq_len: int | None = None) -> float:
     """Training characters per second of a preset on this machine: one untimed step, then ``steps``
-    timed ones of the real training step (forward, backward, AdamW) on random characters."""
+    timed ones of the real training step (forward, backward, AdamW) on random characters; at the preset's
+    batch shape unless another is given (the CUDA rule grows it)."""
     import torch
     import torch.nn.functional as F
 
     from ..base.runtime import autocast, resolve_device, resolve_precision
     from ..model.network import CharLSTM
 
-    preset = PRESETS[preset_name]
+    preset = ALL_PRESETS[preset_name]
+    batch_size, seq_len = batch_size or preset.batch_size, seq_len or preset.seq_len
     target = resolve_device(device)
     arithmetic = resolve_precision(precision, target)
     model = CharLSTM(preset.model_config(vocab_size)).to(target).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab_size, (preset.batch_size, preset.seq_len + 1), generator=generator).to(target)
-    state = model.init_state(preset.batch_size, target)
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=generator).to(target)
+    state = model.init_state(batch_size, target)
 
     def step() -> None:
         with autocast(target, arithmetic):
@@ -152,7 +155,7 @@ def measure_speed(preset_name: str, vocab_size: int, device: str, precision: Pre
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    return steps * preset.batch_size * preset.seq_len / (time.perf_counter() - started)
+    return steps * batch_size * seq_len / (time.perf_counter() - started)
 
 
 def cached_speed_probe(vocab_size: int, device: str, precision: Precision,

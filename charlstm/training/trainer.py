@@ -25,6 +25,7 @@ from ..model.config import ModelConfig
 from ..model.network import CharLSTM, State, detach_state
 from . import schedule
 from .config import TrainConfig
+from .device_steps import defers_host_reads, fuse_optimizer
 from .distributed import DistributedContext, SingleProcess, Sync
 from .evaluation import EvalTotals, evaluation_windows, read_validation
 from .reporting import (
@@ -40,6 +41,8 @@ from .run_writer import RunWriter
 
 # With --on-nan skip, this many non-finite batches in a row means the run has diverged for good.
 MAX_SKIPS_IN_A_ROW = 20
+# With deferred reads (a CUDA GPU), the host waits for the device's losses once per this many steps.
+LOSS_READS_EVERY = 20
 
 # Text shown at each evaluation: (model, vocab, step, length) -> a sample. A hook, because sampling
 # lives in the generation layer above this one.
@@ -67,6 +70,7 @@ class Trainer:
         distributed: DistributedContext | None = None,
         preview: Preview | None = None,
         threads: ThreadGovernor | None = None,
+        deferred_reads: bool | None = None,
     ):
         self.corpus = corpus
         self.model_config = model_config
@@ -77,6 +81,8 @@ class Trainer:
         self.reporter = (reporter if self.is_main else None) or SilentReporter()
         self.preview = preview
         self.threads = threads  # fits torch's thread count to a busy machine between steps
+        self._queued: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss, updated) not yet read
+        self._updating: torch.Tensor | None = None  # on_nan "stop" with deferred reads: false from a bad batch on
         own_rows = self.distributed.rows(config.batch_size)  # refuses an uneven split before joining the group
         self.device = self.distributed.bind(resolve_device(config.device))
         self.precision = resolve_precision(config.precision, self.device)
@@ -96,8 +102,11 @@ class Trainer:
         self.forward_model: torch.nn.Module = self.model  # DDP-wrapped while train() runs under torchrun
         if not self.is_main:
             torch.manual_seed(config.seed + self.distributed.rank)  # ranks past 0 draw dropout masks of their own
+        # Host reads deferred (a CUDA GPU): the fused AdamW skips a non-finite step on the device itself.
+        self.deferred_reads = defers_host_reads(self.device.type, self.distributed.world_size) if deferred_reads is None else deferred_reads
         self.optimizer = torch.optim.AdamW(
-            self.model.param_groups(config.weight_decay), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
+            self.model.param_groups(config.weight_decay), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay,
+            **({"fused": True} if self.deferred_reads else {}),
         )
         self.run = RunState()
         self.planner = schedule.BudgetPlanner(
@@ -167,8 +176,11 @@ class Trainer:
             if "cuda_rng" in saved and self.device.type == "cuda":
                 torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         self.run, self.hidden = run, hidden
+        if self.deferred_reads:
+            fuse_optimizer(self.optimizer)  # a run saved without deferred reads keeps its step counts on the CPU
 
     def save(self, tag: str = "last") -> Path:
+        self._read_losses()
         state = self.training_state() if tag == "last" else None
         return self.writer.checkpoint(tag, self.model, self.run, state)
 
@@ -201,6 +213,10 @@ class Trainer:
             logits, hidden = self.forward_model(x, self.hidden)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
+        if self.deferred_reads:
+            self._step_on_device(loss, hidden)
+            self._count_window(y.shape[1])
+            return None  # read later, by _read_losses
         loss_value = loss.item()
         # Under torchrun every rank must take the same branch, or the gradient all-reduce waits forever: the
         # loss is checked summed over the ranks, and the gradients after DDP made them identical on all.
@@ -217,15 +233,55 @@ class Trainer:
         else:
             self._skip_or_stop(checked)
             self.hidden = self.model.init_state(self.batches.batch_size, self.device)
+        self._count_window(y.shape[1])
+        return loss_value if finite else None
+
+    def _count_window(self, window_len: int) -> None:
+        run = self.run
         run.step += 1
-        run.chars_seen += self.config.batch_size * y.shape[1]  # the whole batch's, on every rank
+        run.chars_seen += self.config.batch_size * window_len  # the whole batch's, on every rank
         run.window += 1
         if run.window == len(self.batches):
             run.window = 0
             run.epoch += 1
-        return loss_value if finite else None
 
-    def _skip_or_stop(self, loss: float) -> None:
+    def _step_on_device(self, loss: torch.Tensor, hidden: State) -> None:
+        """Backward, clip and update without waiting for the GPU: a ``.item()`` per step would stall the
+        host until every queued kernel ran, leaving the card idle while Python sets up the next step.
+
+        The finiteness check is made on the device and the fused AdamW skips its update where it failed
+        (``found_inf``, as under a GradScaler), so a bad batch still never reaches the weights; the loss
+        and the verdict are read every :data:`LOSS_READS_EVERY` steps by :meth:`_read_losses`."""
+        loss.backward()
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        updated = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+        if self.config.on_nan == "stop":  # weights stay as they were before the first bad batch
+            self._updating = updated = updated if self._updating is None else self._updating & updated
+        self.optimizer.found_inf = (~updated).float()  # type: ignore[attr-defined]
+        self.optimizer.step()
+        self.hidden = tuple(torch.where(updated, h.detach(), torch.zeros_like(h)) for h in hidden)
+        self._queued.append((self.run.step + 1, loss.detach(), updated))
+
+    def _read_losses(self) -> None:
+        """Fold the queued steps' losses into the running figures, in one wait for the device; a queued
+        step that was not finite is skipped or stops the run, as the step-by-step check would have."""
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, []
+        table = torch.stack([torch.stack((loss.float(), updated.float())) for _, loss, updated in queued]).tolist()
+        for (step, _, _), (loss, updated) in zip(queued, table):
+            if updated:
+                self._skips_in_a_row = 0
+                self._fold_loss(loss)
+            else:
+                self._skip_or_stop(loss, step)
+
+    def _fold_loss(self, loss: float) -> None:
+        run = self.run
+        run.train_loss_ema = loss if run.train_loss_ema is None else 0.95 * run.train_loss_ema + 0.05 * loss
+
+    def _skip_or_stop(self, loss: float, step: int | None = None) -> None:
         """Stop at a non-finite batch, weights untouched; or, with ``on_nan="skip"``, count it and go on."""
         self.run.skipped_batches += 1
         self._skips_in_a_row += 1
@@ -234,11 +290,12 @@ class Trainer:
             return
         if self.config.on_nan == "skip":
             what = f"{self._skips_in_a_row} batches in a row were not finite"
-        raise self.writer.diverged(self.run.step + 1, what)
+        raise self.writer.diverged(step if step is not None else self.run.step + 1, what)
 
     def _log_metrics(self, **extra: float) -> None:
         """One line of metrics.jsonl: every evaluation (with ``val_loss``) and every ``log_every`` steps
         between them (without), so the training curve has more than a handful of points."""
+        self._read_losses()
         run = self.run
         record = {"step": run.step, "time": round(run.elapsed, 3), "lr": self.learning_rate(),
                   "train_loss": run.train_loss_ema, "chars_per_sec": self._session_chars_per_sec()}
@@ -339,7 +396,9 @@ class Trainer:
             if self.threads is not None:
                 self.threads.tick()
             if loss is not None:
-                run.train_loss_ema = agreed if run.train_loss_ema is None else 0.95 * run.train_loss_ema + 0.05 * agreed
+                self._fold_loss(agreed)
+            elif self.deferred_reads and run.step % LOSS_READS_EVERY == 0:
+                self._read_losses()
             progress = self.progress()
             self.reporter.step(StepStats(
                 step=run.step, epoch=run.epoch, progress=progress, lr=self.learning_rate(),

@@ -91,6 +91,17 @@ class SamplingSpeed:
 
 
 @dataclass
+class OtherRuntimeSpeed:
+    """Batch-1 sampling steps per second through another runtime, beside charlstm's fused step and the plain
+    PyTorch loop, the three interleaved in the same rounds."""
+
+    runtime: str
+    runtime_steps_per_sec: float
+    charlstm_steps_per_sec: float
+    naive_steps_per_sec: float
+
+
+@dataclass
 class MemoryBound:
     weight_bytes: int
     bandwidth_bytes_per_sec: float
@@ -115,6 +126,7 @@ class BenchResult:
     first_char_ms: float
     stepper_setup_ms: float
     memory: MemoryBound
+    other_runtime: OtherRuntimeSpeed | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -306,8 +318,14 @@ def measure_first_char(generator: Generator, prime: str, tries: int) -> float:
     return statistics.median(times)
 
 
-def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phase: None) -> BenchResult:
-    """Everything ``charlstm bench`` shows, measured now on this machine's CPU."""
+SamplingLoopMaker = Callable[[CharLSTM], Callable[[int], float]]
+"""Makes a batch-1 sampling loop of another runtime for a model; the loop returns the seconds ``length`` steps took."""
+
+
+def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phase: None,
+              other_runtime: tuple[str, SamplingLoopMaker] | None = None) -> BenchResult:
+    """Everything ``charlstm bench`` shows, measured now on this machine's CPU; with ``other_runtime``
+    (its name and loop maker, e.g. onnxruntime's from the export layer), a batch-1 row for it too."""
     preset = PRESETS[config.size]
     model_config = preset.model_config(BENCH_VOCAB_SIZE)
     precision = resolve_precision(config.precision, torch.device("cpu"))
@@ -324,6 +342,13 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
     for batch in (1, config.sample_batch):
         on_phase(f"sampling at batch {batch}: Generator against a per-character nn.LSTM loop")
         sampling.append(measure_sampling(model, generator, batch, config.sample_chars, config.rounds))
+    other = None
+    if other_runtime is not None:
+        name, make_loop = other_runtime
+        on_phase(f"sampling at batch 1: {name} against the fused step and the nn.LSTM loop")
+        rates = _rates({"other": make_loop(model), "charlstm": charlstm_sampling_loop(generator, 1),
+                        "naive": naive_sampling_loop(model, 1)}, config.sample_chars, config.rounds)
+        other = OtherRuntimeSpeed(name, rates["other"], rates["charlstm"], rates["naive"])
     on_phase(f"first character after a {config.prime_chars}-character prime")
     first_char = measure_first_char(generator, bench_text(config.prime_chars, vocab), config.first_char_tries)
     setup_times = []
@@ -351,4 +376,5 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
         first_char_ms=first_char * 1e3,
         stepper_setup_ms=statistics.median(setup_times) * 1e3,
         memory=memory,
+        other_runtime=other,
     )

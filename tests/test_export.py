@@ -73,6 +73,16 @@ def test_onnx_files_carry_the_vocabulary_and_sampling_defaults(tmp_path):
         assert json.loads(props["charlstm.model"])["model"]["cell"] == "lstm"
 
 
+def test_graphs_that_disagree_with_pytorch_are_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    from charlstm import CharlstmError
+    from charlstm.export import onnx_model
+
+    monkeypatch.setitem(onnx_model._GATE_ORDER, "lstm", (0, 1, 2, 3))  # PyTorch's gate order where ONNX wants its own
+    with pytest.raises(CharlstmError, match="differ from PyTorch"):
+        export_onnx(random_model("lstm"), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_onnx_command_checks_parity_and_says_so(trained_run, tmp_path):
     target = tmp_path / "tiny.onnx"
     done = main_outcome("export", str(trained_run), "--format", "onnx", "-o", str(target))
@@ -211,3 +221,32 @@ def test_page_streams_a_generation_from_its_controls_and_measures_its_speed(brow
         print(f"\n  browser {chars / page_seconds:,.0f} chars/s, charlstm (Python, fp32) {chars / python_seconds:,.0f} chars/s "
               f"for the tiny test model; page {done.size_bytes / 1e3:.0f} kB")
     assert page_seconds > 0 and fetched == [] and errors == []
+
+
+def test_bench_table_shows_onnxruntime_beside_the_fused_step_and_the_plain_loop(monkeypatch):
+    from rich.console import Console
+
+    from charlstm.analysis.bench import (
+        BenchResult,
+        MatmulPeak,
+        MemoryBound,
+        OtherRuntimeSpeed,
+        SamplingSpeed,
+        TrainingSpeed,
+    )
+    from charlstm.interface import terminal as console
+
+    result = BenchResult(
+        size="medium", model=ModelConfig(vocab_size=65).to_dict(), parameters=1_900_000, batch_size=32, seq_len=64,
+        precision="fp32", threads=2, train=TrainingSpeed(9_000.0, 9_000.0, 1.0, 11e6, 0.3, 0.3),
+        peak=MatmulPeak(2048, 100e9, 1e9), sampling=[SamplingSpeed(1, 600.0, 3_000.0, 5.0)],
+        prime_chars=200, first_char_ms=9.0, stepper_setup_ms=5.0, memory=MemoryBound(7_000_000, 50e9, 7_000.0, 3_000.0, 0.4),
+        other_runtime=OtherRuntimeSpeed("onnxruntime", 2_400.0, 3_000.0, 600.0),
+    )
+    recording = Console(record=True, width=200)
+    monkeypatch.setattr(console, "err", recording)
+    console.print_bench(result)
+    shown = recording.export_text()
+    assert "beside onnxruntime" in shown and "onnxruntime, same rounds" in shown
+    for expected in ("2.40k chars/s", "3.00k chars/s", "5.00x", "4.00x"):
+        assert expected in shown, expected

@@ -17,6 +17,7 @@ import copy
 import html
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -117,7 +118,8 @@ def reference_text(rounded: CharLSTM, vocab_chars: list[str], sampling: dict[str
     model = copy.deepcopy(rounded).double()
     index = {char: i for i, char in enumerate(vocab_chars)}
     never = sampling["never_draw"]
-    ids = [index[c] if c in index else never for c in sampling["lead_in"] + prime if c in index or never is not None]
+    text = unicodedata.normalize("NFC", sampling["lead_in"] + prime)  # as the page reads a prompt
+    ids = [index[c] if c in index else never for c in text if c in index or never is not None]
     logits, state = model(torch.tensor([ids]), tuple(s.double() for s in model.init_state(1)))
     random = Mulberry32(seed)
     drawn = []

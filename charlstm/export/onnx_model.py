@@ -85,11 +85,21 @@ def _gate_rows(tensor: torch.Tensor, cell: str) -> np.ndarray:
     return np.concatenate([blocks[index] for index in _GATE_ORDER[cell]])
 
 
-def build_graph(loaded: LoadedModel, sequence: bool) -> onnx.ModelProto:
-    """The step graph (``sequence=False``) or the priming graph of ``loaded``'s model, weights inline."""
-    from onnx import TensorProto, helper, numpy_helper
+def export_metadata(loaded: LoadedModel) -> dict[str, str]:
+    """What each file carries besides the graph: vocabulary, model card, sampling defaults (JSON values)."""
+    state_in, _ = state_names(loaded.model)
+    return {
+        "charlstm.vocab": json.dumps(loaded.vocab.chars, ensure_ascii=False),
+        "charlstm.model": json.dumps(model_card(loaded), ensure_ascii=False),
+        "charlstm.sampling": json.dumps(sampling_defaults(loaded), ensure_ascii=False),
+        "charlstm.inputs": "ids int64; " + ", ".join(state_in) + " float32 (layers, batch, hidden): the state, zeros to start",
+    }
 
-    model = loaded.model
+
+def build_graph(model: CharLSTM, sequence: bool, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """The step graph (``sequence=False``) or the priming graph of ``model``, weights inline."""
+    from onnx import TensorProto, checker, helper, numpy_helper
+
     config = model.config
     cell, hidden, layers = config.cell, config.hidden_size, config.num_layers
     initializers: list[onnx.TensorProto] = []
@@ -151,21 +161,9 @@ def build_graph(loaded: LoadedModel, sequence: bool) -> onnx.ModelProto:
     proto = helper.make_model(graph, producer_name=PRODUCER, producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", OPSET)])
     proto.ir_version = min(proto.ir_version, 8)  # readable by onnxruntime releases from 1.14 on
-    helper.set_model_props(proto, {
-        "charlstm.graph": "sequence" if sequence else "step",
-        "charlstm.vocab": json.dumps(loaded.vocab.chars, ensure_ascii=False),
-        "charlstm.model": json.dumps(model_card(loaded), ensure_ascii=False),
-        "charlstm.sampling": json.dumps(sampling_defaults(loaded), ensure_ascii=False),
-        "charlstm.inputs": "ids int64; " + ", ".join(state_in) + " float32 (layers, batch, hidden): the state, zeros to start",
-    })
-    onnx_checker(proto)
-    return proto
-
-
-def onnx_checker(proto: onnx.ModelProto) -> None:
-    from onnx import checker
-
+    helper.set_model_props(proto, {"charlstm.graph": "sequence" if sequence else "step", **(metadata or {})})
     checker.check_model(proto, full_check=True)
+    return proto
 
 
 def session(proto_bytes: bytes, threads: int = 1) -> onnxruntime.InferenceSession:
@@ -201,11 +199,11 @@ def _relative_gap(ours: np.ndarray, theirs: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def check_parity(loaded: LoadedModel, step_bytes: bytes, sequence_bytes: bytes, streams: int = 2,
+def check_parity(model: CharLSTM, step_bytes: bytes, sequence_bytes: bytes, streams: int = 2,
                  primed_chars: int = 160, stepped_chars: int = 40, seed: int = 0) -> OnnxParity:
     """Run a random text through both graphs and through PyTorch: the sequence graph primes from a zero
     state, the step graph then carries the state one character at a time; every logit and state compared."""
-    model = loaded.model.eval()
+    model = model.eval()
     generator = np.random.default_rng(seed)
     ids = generator.integers(0, model.config.vocab_size, size=(streams, primed_chars + stepped_chars), dtype=np.int64)
     state_in, _ = state_names(model)
@@ -246,9 +244,10 @@ def export_onnx(loaded: LoadedModel, output: Path, force: bool = False) -> OnnxE
     second = sequence_path(output)
     for path in (output, second):
         check_output(path, force, is_onnx_file)
-    step_bytes = build_graph(loaded, sequence=False).SerializeToString()
-    sequence_bytes = build_graph(loaded, sequence=True).SerializeToString()
-    parity = check_parity(loaded, step_bytes, sequence_bytes)
+    metadata = export_metadata(loaded)
+    step_bytes = build_graph(loaded.model, sequence=False, metadata=metadata).SerializeToString()
+    sequence_bytes = build_graph(loaded.model, sequence=True, metadata=metadata).SerializeToString()
+    parity = check_parity(loaded.model, step_bytes, sequence_bytes)
     if not parity.passed:
         raise CharlstmError(
             f"the ONNX graphs differ from PyTorch by {max(parity.logits_difference, parity.state_difference):.2e} "
@@ -263,11 +262,7 @@ def onnx_sampling_loop(model: CharLSTM, batch: int = 1, threads: int | None = No
     """Sampling through onnxruntime's step graph, for ``charlstm bench``: each step runs the graph and
     draws by the exponential race (as charlstm's own draw does), carrying the state; the loop returns the
     seconds its ``length`` steps took."""
-    from ..data.corpus import Vocab
-
-    loaded = LoadedModel(model=model.eval(), vocab=Vocab([chr(33 + i) for i in range(model.config.vocab_size)]),
-                         config={}, path=Path("bench/best"))
-    runner = session(build_graph(loaded, sequence=False).SerializeToString(), threads or torch.get_num_threads())
+    runner = session(build_graph(model.eval(), sequence=False).SerializeToString(), threads or torch.get_num_threads())
     state_in, _ = state_names(model)
     generator = np.random.default_rng(seed)
 

@@ -237,7 +237,7 @@ PAGE = """<!DOCTYPE html>
   body {{ font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
   h1 {{ font-size: 1.4rem; margin-bottom: 0.2rem; }}
   .card {{ color: #555; font-size: 0.9rem; }}
-  textarea {{ width: 100%; font-family: ui-monospace, monospace; }}
+  textarea {{ width: 100%; box-sizing: border-box; font-family: ui-monospace, monospace; }}
   .controls {{ display: flex; gap: 1rem; align-items: center; margin: 0.6rem 0; flex-wrap: wrap; }}
   .controls input {{ width: 6rem; }}
   pre {{ white-space: pre-wrap; background: #f6f6f3; padding: 1rem; border-radius: 6px; min-height: 8rem; }}

@@ -117,6 +117,17 @@ class SamplingSpeed:
 
 
 @dataclass
+class OtherRuntimeSpeed:
+    """Batch-1 sampling steps per second through another runtime, beside charlstm's fused step and the plain
+    PyTorch loop, the three interleaved in the same rounds."""
+
+    runtime: str
+    runtime_steps_per_sec: float
+    charlstm_steps_per_sec: float
+    naive_steps_per_sec: float
+
+
+@dataclass
 class MemoryBound:
     weight_bytes: int
     bandwidth_bytes_per_sec: float
@@ -155,6 +166,7 @@ class BenchResult:
     device_name: str = ""
     versions: dict[str, str] | None = None
     lstm_precision: LstmPrecision | None = None
+    other_runtime: OtherRuntimeSpeed | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -401,8 +413,15 @@ def device_description(device: torch.device) -> tuple[str, dict[str, str]]:
                                                 "cudnn": str(cudnn)}
 
 
-def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phase: None) -> BenchResult:
-    """Everything ``charlstm bench`` shows, measured now on this machine's CPU or its CUDA GPU."""
+SamplingLoopMaker = Callable[[CharLSTM], Callable[[int], float]]
+"""Makes a batch-1 sampling loop of another runtime for a model; the loop returns the seconds ``length`` steps took."""
+
+
+def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phase: None,
+              other_runtime: tuple[str, SamplingLoopMaker] | None = None) -> BenchResult:
+    """Everything ``charlstm bench`` shows, measured now on this machine's CPU or its CUDA GPU; with
+    ``other_runtime`` (its name and loop maker, e.g. onnxruntime's from the export layer), a batch-1 row
+    for it too."""
     device = resolve_device(config.device)  # one clear line where the device is absent
     preset = ALL_PRESETS[config.size]
     model_config = preset.model_config(BENCH_VOCAB_SIZE)
@@ -428,6 +447,13 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
         on_phase("sampling at batch 1 on the CPU's fused step against the GPU's plain loop")
         on_cpu = Generator(copy.deepcopy(model).cpu(), vocab, device="cpu", precision="auto")
         sampling.append(measure_sampling(model, on_cpu, 1, config.sample_chars, config.rounds))
+    other = None
+    if other_runtime is not None:
+        name, make_loop = other_runtime
+        on_phase(f"sampling at batch 1: {name} against the fused step and the nn.LSTM loop")
+        rates = _rates({"other": make_loop(model), "charlstm": charlstm_sampling_loop(generator, 1),
+                        "naive": naive_sampling_loop(model, 1)}, config.sample_chars, config.rounds)
+        other = OtherRuntimeSpeed(name, rates["other"], rates["charlstm"], rates["naive"])
     on_phase(f"first character after a {config.prime_chars}-character prime")
     first_char = measure_first_char(generator, bench_text(config.prime_chars, vocab), config.first_char_tries)
     setup_times = []
@@ -461,4 +487,5 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
         device_name=name,
         versions=versions,
         lstm_precision=lstm_precision,
+        other_runtime=other,
     )

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -584,6 +584,44 @@ def plot(checkpoint: Path | None, output: Path, force: bool) -> None:
         views.save_curve_png(summary.records, staging, summary.checkpoint.parent.name)
     console.note(f"wrote {output}")
 
+
+@cli.command("export")
+@click.argument("run", required=False, type=click.Path(path_type=Path))
+@click.option("--format", "export_format", type=click.Choice(["onnx", "html"]), required=True,
+              help="onnx: step and priming graphs for onnxruntime and other runtimes (needs pip install 'charlstm[export]'); "
+                   "html: one self-contained page that writes in any browser.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write (default: RUN's name with .onnx or .html, here). ONNX puts the priming graph beside it, as NAME.sequence.onnx.")
+@click.option("--weights", "weight_format", type=click.Choice(["float16", "int8", "float32"]), default="float16", show_default=True,
+              help="html: how the page stores the weight matrices (int8 has a float32 scale per row).")
+@which_option
+@force_output_option
+def export_command(run: Path | None, export_format: str, output: Path | None, weight_format: str, which: str, force: bool) -> None:
+    """Take a model elsewhere: ONNX files for other runtimes, or one HTML page that writes offline in a browser."""
+    from ..base.reading import format_size
+    from ..training.checkpoint import load
+
+    if export_format == "onnx":
+        from ..export.onnx_model import export_onnx, require_onnx
+
+        require_onnx()  # before the checkpoint is read: a missing extra should cost nothing
+        loaded = load(run, prefer=which)
+        done = export_onnx(loaded, output or Path(f"{loaded.name}.onnx"), force)
+        parity = done.parity
+        console.note(f"wrote {done.step_path} (one step, {format_size(done.step_bytes)}) and {done.sequence_path} "
+                     f"(priming, {format_size(done.sequence_bytes)})")
+        console.note(f"onnxruntime matches PyTorch on a random {parity.primed_chars}+{parity.stepped_chars}-character text "
+                     f"in {parity.streams} streams: largest difference {parity.logits_difference:.1e} in the logits, "
+                     f"{parity.state_difference:.1e} in the states (relative)")
+        return
+    from ..export.html_page import export_html
+
+    loaded = load(run, prefer=which)
+    page = export_html(loaded, output or Path(f"{loaded.name}.html"), weight_format, force)  # type: ignore[arg-type]
+    console.note(f"wrote {page.path} ({format_size(page.size_bytes)}, {page.weight_format} weights); "
+                 f"open it in a browser, no server needed")
+
+
 @corpus.command("synth")
 @click.argument("kind", type=click.Choice(list(SYNTH_KINDS)))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the text (a .synth.json sidecar goes beside it).")
@@ -678,11 +716,23 @@ def bench(size: str | None, steps: int | None, precision: str, device: str, as_j
     from ..analysis.bench import BenchConfig, run_bench
 
     config = BenchConfig.for_device(device, size, steps, precision)  # type: ignore[arg-type]
-    result = run_bench(config, on_phase=console.phase)
+    result = run_bench(config, on_phase=console.phase,
+                       other_runtime=_onnxruntime_loop() if config.device == "cpu" else None)
     if as_json:
         console.write_json(result.to_dict())
     else:
         console.print_bench(result)
+
+
+def _onnxruntime_loop() -> tuple[str, Callable[..., Any]] | None:
+    """onnxruntime's batch-1 sampling loop for the bench, when the export extra is installed."""
+    from ..export.onnx_model import onnx_sampling_loop, require_onnx
+
+    try:
+        require_onnx()
+    except CharlstmError:
+        return None
+    return "onnxruntime", onnx_sampling_loop
 
 
 def _silence_stdout() -> None:

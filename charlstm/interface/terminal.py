@@ -426,6 +426,12 @@ def print_bench(result: "BenchResult") -> None:
             f"sampling, batch {speed.batch}",
             _rate(speed.charlstm_chars_per_sec), _rate(speed.naive_chars_per_sec), f"{speed.ratio:.2f}x",
         )
+    if result.other_runtime is not None:
+        other = result.other_runtime
+        table.add_row(f"sampling, batch 1, beside {other.runtime}", _rate(other.charlstm_steps_per_sec),
+                      _rate(other.naive_steps_per_sec), f"{other.charlstm_steps_per_sec / other.naive_steps_per_sec:.2f}x")
+        table.add_row(f"  {other.runtime}, same rounds", _rate(other.runtime_steps_per_sec),
+                      _rate(other.naive_steps_per_sec), f"{other.runtime_steps_per_sec / other.naive_steps_per_sec:.2f}x")
     table.add_row(f"first character after a {result.prime_chars}-char prime", f"{result.first_char_ms:.1f} ms", "", "")
     table.add_row("  fast-step setup (once per batch size)", f"{result.stepper_setup_ms:.1f} ms", "", "")
     table.add_row(

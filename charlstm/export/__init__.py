@@ -1,0 +1,1 @@
+"""Exporters: a trained model as files other programs run (ONNX) or any browser runs (one HTML page)."""

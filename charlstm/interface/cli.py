@@ -456,14 +456,36 @@ def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, stream
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the heat-map as a self-contained HTML page.")
 @click.option("--spans", type=click.IntRange(0, 1000), default=5, show_default=True, help="How many of the most surprising words to list.")
 @force_output_option
+@click.option("--lines", "lines_file", type=click.Path(path_type=Path), help="Rank the lines of this file by how strange "
+              "the model finds them (each line from a fresh state, many at once).")
+@click.option("--top", type=click.IntRange(1, 100_000), default=10, show_default=True, help="With --lines: how many of the most surprising lines to show.")
+@click.option("--by", "rank_by", type=click.Choice(["mean", "total", "peak"]), default="mean", show_default=True,
+              help="With --lines: rank by mean nats per character, total nats per line, or the costliest character.")
+@click.option("--jsonl", is_flag=True, help="With --lines: one JSON object per line of the file, in file order, instead of the table.")
+@click.option("--carry", is_flag=True, help="With --lines: read the file as one stream, each line in the context of those before it.")
+@click.option("--reference", type=click.Path(path_type=Path), help="With --lines: a file of normal lines; lines scoring above "
+              "its --percentile are flagged, and the exit status is 3 when any is.")
+@click.option("--percentile", type=FiniteFloatRange(0, 100), default=99.5, show_default=True, help="With --reference: the threshold's percentile.")
+@click.option("--labels", type=click.Path(path_type=Path), help="With --lines: a file of 0/1, one per line (1 = anomaly); "
+              "reports ROC AUC and precision among the top lines.")
 def score(text: str | None, file: Path | None, checkpoint: Path | None, which: str, html_path: Path | None, spans: int,
-          force: bool) -> None:
-    """Colour each character of TEXT by the model's surprise at it (-log2 p, in bits)."""
+          force: bool, lines_file: Path | None, top: int, rank_by: str, jsonl: bool, carry: bool, reference: Path | None,
+          percentile: float, labels: Path | None) -> None:
+    """Colour each character of TEXT by the model's surprise at it (-log2 p, in bits), or rank the
+    lines of a file by it (--lines FILE; exit status 3 when --reference flags a line)."""
     from ..analysis.scoring import surprisal
     from ..base.fsutil import carries_marker, check_output, write_output
     from ..training.checkpoint import load
     from . import views
 
+    if lines_file is not None:
+        if text is not None or file is not None or html_path is not None:
+            raise click.UsageError("--lines FILE scores a file of lines; leave out TEXT, -f and --html")
+        _score_lines(load(checkpoint, prefer=which), lines_file, top, rank_by, jsonl, carry, reference, percentile, labels)
+        return
+    line_options = {"--jsonl": jsonl, "--carry": carry, "--reference": reference is not None, "--labels": labels is not None}
+    if any(line_options.values()):
+        raise click.UsageError(f"{next(name for name, given in line_options.items() if given)} goes with --lines FILE")
     ours = carries_marker(views.HTML_MARKER.encode())
     if html_path is not None:
         check_output(html_path, force, ours)  # refuse before the scoring work, not after it
@@ -474,6 +496,37 @@ def score(text: str | None, file: Path | None, checkpoint: Path | None, which: s
         title = f"charlstm score: {file.name if file else loaded.name}"
         write_output(html_path, views.surprisal_html(result, title), force, ours)
         console.note(f"wrote {html_path}")
+
+
+# The exit status of `score --lines --reference` when a line scores above the threshold: apart from
+# errors (1) and usage errors (2), so a cron job or CI step can tell "anomaly" from "broken".
+FLAGGED_EXIT = 3
+
+
+def _score_lines(loaded: Any, path: Path, top: int, rank_by: str, jsonl: bool, carry: bool, reference: Path | None,
+                 percentile: float, labels: Path | None) -> None:
+    """`score --lines`: score, judge, show; exit 3 when the reference's threshold flags a line."""
+    from ..analysis.lines import judge_lines, read_labels, score_line_file
+    from . import views
+
+    scores = score_line_file(loaded, path, carry)
+    judgement = judge_lines(
+        scores, rank_by,  # type: ignore[arg-type]
+        reference=score_line_file(loaded, reference, carry) if reference is not None else None,
+        percentile=percentile,
+        labels=read_labels(labels, len(scores.lines)) if labels is not None else None,
+        top=top,
+    )
+    if jsonl:
+        flagged = judgement.flagged
+        for index, line in enumerate(scores.lines):
+            console.write_json_line(line.to_dict(None if flagged is None else bool(flagged[index])))
+        console.note(f"{len(scores.lines):,} lines, {scores.chars_per_sec:,.0f} chars/s; "
+                     + ", ".join(f"{key} {value}" for key, value in judgement.to_dict().items()))
+    else:
+        views.show_line_ranking(scores, judgement, top, str(path))
+    if judgement.flagged_count:
+        sys.exit(FLAGGED_EXIT)
 
 
 @cli.command("inspect")

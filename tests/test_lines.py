@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import main_outcome
 
 from charlstm import load
 from charlstm.analysis.lines import judge_lines, precision_at, roc_auc, score_lines
 from charlstm.analysis.scoring import surprisal
-from conftest import main_outcome
 
 NORMAL = ["The cat sat on a mat.", "His dog ran to her red ball.", "We saw it!", "The dog sat on the mat."]
 ODD = "Zq%% kxj ww#"

@@ -373,15 +373,22 @@ ECHO_SECONDS = 2.0
 @which_option
 @device_option("cpu")
 @precision_option(PRECISIONS, "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
+@click.option("--adapt-to", type=click.Path(path_type=Path), help="First let the model learn from this text as dynamic "
+              "evaluation does ('eval --dynamic', default rates), in memory only, then sample in its style.")
 def sample(checkpoint: Path | None, prime: str, length: int, temperature: float, top_k: int | None,
            top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str,
-           precision: str) -> None:
+           precision: str, adapt_to: Path | None) -> None:
     """Generate text from a trained model and stream it to stdout."""
     from ..base.runtime import resolve_device
     from ..generation.generator import Generator, SamplingOptions
     from ..training.checkpoint import load
 
     loaded = load(checkpoint, device=resolve_device(device), prefer=which)
+    if adapt_to is not None:
+        from ..analysis.dynamic import DynamicConfig, adapted
+        from ..data.corpus import read_text
+
+        loaded = adapted(loaded, read_text(adapt_to), DynamicConfig())
     generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]
     shown_prime = prime if unknown == "error" else loaded.vocab.decode(loaded.vocab.encode(prime, unknown))  # type: ignore[arg-type]
     if num_samples == 1:
@@ -421,8 +428,16 @@ def _text_argument(text: str | None, file: Path | None) -> str:
 @click.option("--positions", is_flag=True, help="Score only the positions a synthetic corpus marks (from FILE.synth.json, "
               "written by 'charlstm corpus synth'), against its ideal and no-memory losses.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--dynamic", is_flag=True, help="Dynamic evaluation (Krause et al. 2018): score each window, then learn from "
+              "it before the next, on a copy in memory; shows the static and dynamic losses side by side.")
+@click.option("--rule", type=click.Choice(["sgd", "rms"]), help="With --dynamic: the update, plain SGD or "
+              "RMS-normalised, each decaying toward the trained weights (default: the one measured best).")
+@click.option("--lr", type=FiniteFloatRange(0, 10), help="With --dynamic: the step size η (default: the rule's measured one).")
+@click.option("--decay", type=FiniteFloatRange(0, 1), help="With --dynamic: the pull λ back toward the trained weights (default: the rule's measured one).")
+@click.option("--window", type=click.IntRange(1, 65536), help="With --dynamic: characters per update (default: the measured one).")
 def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, streams: int | None,
-             precision: str | None, positions: bool, as_json: bool) -> None:
+             precision: str | None, positions: bool, as_json: bool, dynamic: bool, rule: str | None, lr: float | None,
+             decay: float | None, window: int | None) -> None:
     """Loss, bits per character and perplexity of FILE under a model."""
     from ..analysis.longrange import position_report
     from ..analysis.scoring import evaluate_text, split_text
@@ -430,7 +445,26 @@ def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, stream
     from ..training.checkpoint import load
     from . import views
 
+    dynamic_settings = {"rule": rule, "lr": lr, "decay": decay, "window": window}
+    dynamic_only = [f"--{name}" for name, value in dynamic_settings.items() if value is not None]
+    if dynamic_only and not dynamic:
+        raise click.UsageError(f"{dynamic_only[0]} goes with --dynamic")
+    if dynamic and positions:
+        raise click.UsageError("--dynamic and --positions are separate measurements; give one")
     loaded = load(checkpoint, prefer=which)
+    if dynamic:
+        from ..analysis.dynamic import DynamicConfig, dynamic_evaluation
+
+        given = {name: value for name, value in dynamic_settings.items() if value is not None}
+        config = DynamicConfig(**given, streams=streams or 1)  # type: ignore[arg-type]
+        text = split_text(read_text(file), float(loaded.config.get("train", {}).get("val_frac", 0.1)), split)  # type: ignore[arg-type]
+        with console.counting_progress("dynamic evaluation", "windows") as advance:
+            outcome = dynamic_evaluation(loaded, text, config, precision, on_window=advance)
+        if as_json:
+            console.write_json_line({"file": str(file), "split": split, **outcome.to_dict()})
+        else:
+            views.show_dynamic_eval(outcome, f"{file}" + ("" if split == "all" else f" ({split} split)"))
+        return
     if positions:
         if split != "all":
             raise click.UsageError("--positions scores the whole file; leave out --split")

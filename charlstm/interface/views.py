@@ -21,6 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..analysis.dynamic import DynamicResult
 from ..analysis.features import Signal
 from ..analysis.gates import GateSaturation, LstmTrace, UnitMatch
 from ..analysis.lines import LineJudgement, LineScore, LineScores
@@ -143,6 +144,25 @@ def show_eval(result: EvalResult, source: str) -> None:
     table.add_row("unknown", escape(unknown_summary(result.unknown)) or "none")
     table.add_row("speed", f"{format_count(result.chars_per_sec)} chars/s ({format_duration(result.seconds)})")
     out.print(table)
+
+
+def show_dynamic_eval(result: DynamicResult, source: str) -> None:
+    """The static and dynamic losses of one text side by side, with what each took."""
+    static = result.static
+    lr, decay = result.config.rates
+    table = Table(title=f"charlstm eval --dynamic: {escape(source)}", title_justify="left")
+    for column in ("", "loss (nats/char)", "bpc", "time"):
+        table.add_column(column, justify="right" if column else "left")
+    table.add_row("static", f"{static.loss:.4f}", f"{static.bpc:.4f}", format_duration(static.seconds))
+    table.add_row("dynamic", f"{result.dynamic_loss:.4f}", f"{result.dynamic_loss / LN2:.4f}",
+                  format_duration(result.dynamic_seconds))
+    table.add_row("gain", f"{result.gain:.4f}", f"{result.gain / LN2:.4f}", "")
+    out.print(table)
+    out.print(f"{static.scored_chars:,} characters scored in {static.streams} stream(s) of {result.config.window}-character "
+              f"windows; update rule {result.config.rule} (η {lr:g}, λ {decay:g}); checkpoint {escape(static.checkpoint)} "
+              "unchanged")
+    if static.unknown:
+        out.print(escape(unknown_summary(static.unknown)))
 
 
 def unknown_summary(unknown: dict[str, int]) -> str:

@@ -493,8 +493,9 @@ def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, stream
 @click.option("--lines", "lines_file", type=click.Path(path_type=Path), help="Rank the lines of this file by how strange "
               "the model finds them (each line from a fresh state, many at once).")
 @click.option("--top", type=click.IntRange(1, 100_000), default=10, show_default=True, help="With --lines: how many of the most surprising lines to show.")
-@click.option("--by", "rank_by", type=click.Choice(["mean", "total", "peak"]), default="mean", show_default=True,
-              help="With --lines: rank by mean nats per character, total nats per line, or the costliest character.")
+@click.option("--by", "rank_by", type=click.Choice(["mean", "total", "peak"]), default="peak", show_default=True,
+              help="With --lines: rank by the costliest character (best on benchmarks/anomaly.py), mean nats per "
+                   "character, or total nats per line.")
 @click.option("--jsonl", is_flag=True, help="With --lines: one JSON object per line of the file, in file order, instead of the table.")
 @click.option("--carry", is_flag=True, help="With --lines: read the file as one stream, each line in the context of those before it.")
 @click.option("--reference", type=click.Path(path_type=Path), help="With --lines: a file of normal lines; lines scoring above "

@@ -22,7 +22,7 @@ from ..base.errors import CharlstmError, CorpusError
 from ..base.runtime import LN2
 from ..data.corpus import Vocab, validation_cut
 from ..generation.generator import Generator
-from ..model.network import CharLSTM
+from ..model.network import CharLSTM, State
 from ..training.checkpoint import (
     CONFIG_FILE,
     LoadedModel,
@@ -209,18 +209,52 @@ class Surprisal:
 
 
 @torch.no_grad()
+def read_rows(model: CharLSTM, rows: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read rows of ids (B, T) in chunks that carry the state, from ``state`` (zeros if None).
+
+    Returns log p(rows[:, t+1] | rows[:, :t+1]) for every t (B, T-1), in nats, and the
+    log-probability of the least likely character after each step (B, T): what a character the
+    model never saw is charged when a line is ranked (it cannot be likelier than the least likely
+    one the model knows). Rows are independent, so a row padded at its end scores its own
+    characters exactly as it would alone.
+    """
+    rows = rows.to(model.head.weight.device)
+    targets, least, was_training = [], [], model.training
+    model.eval()
+    for begin in range(0, rows.shape[1], CHUNK):
+        window = rows[:, begin : begin + CHUNK + 1]
+        logits, state = model(window[:, :CHUNK], state)
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        least.append(log_probs.amin(dim=-1))
+        if window.shape[1] > 1:
+            targets.append(log_probs[:, : window.shape[1] - 1].gather(2, window[:, 1:].unsqueeze(2)).squeeze(2))
+    model.train(was_training)
+    batch = rows.shape[0]
+    return (torch.cat(targets, dim=1) if targets else torch.zeros(batch, 0),
+            torch.cat(least, dim=1) if least else torch.zeros(batch, 0))
+
+
 def next_char_log_probs(model: CharLSTM, ids: np.ndarray) -> torch.Tensor:
     """log p(ids[t] | ids[:t]) for every t, in nats: one stream, read in chunks that carry the state."""
-    device = model.head.weight.device
-    sequence = torch.from_numpy(ids.astype(np.int64)).to(device)
-    pieces, state = [], None
-    model.eval()
-    for begin in range(0, len(sequence) - 1, CHUNK):
-        window = sequence[begin : begin + CHUNK + 1]
-        logits, state = model(window[:-1].unsqueeze(0), state)
-        log_probs = F.log_softmax(logits[0].float(), dim=-1)
-        pieces.append(log_probs.gather(1, window[1:].unsqueeze(1)).squeeze(1))
-    return torch.cat(pieces) if pieces else torch.zeros(0)
+    if len(ids) < 2:
+        return torch.zeros(0)
+    return read_rows(model, torch.from_numpy(ids.astype(np.int64)).unsqueeze(0))[0][0]
+
+
+def lead_in_state(loaded: LoadedModel, batch: int = 1) -> tuple[State, int]:
+    """The state after all but the last character of the lead-in that sampling starts from, for
+    ``batch`` rows, and that last character's id: a row that starts with it scores its next
+    character as the first one of a fresh text."""
+    lead_in = loaded.vocab.encode(Generator(loaded.model, loaded.vocab).lead_in)
+    model = loaded.model
+    state = model.init_state(1)
+    if len(lead_in) > 1:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            _, state = model(torch.from_numpy(lead_in[:-1].astype(np.int64)).unsqueeze(0).to(model.head.weight.device), state)
+        model.train(was_training)
+    return tuple(s.expand(-1, batch, -1).contiguous() for s in state), int(lead_in[-1])
 
 
 def surprisal(loaded: LoadedModel, text: str) -> Surprisal:

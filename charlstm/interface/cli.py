@@ -393,10 +393,12 @@ ECHO_SECONDS = 2.0
 @which_option
 @device_option("cpu")
 @precision_option(PRECISIONS, "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
+@click.option("--adapt-to", type=click.Path(path_type=Path), help="First let the model learn from this text as dynamic "
+              "evaluation does ('eval --dynamic', default rates), in memory only, then sample in its style.")
 def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length: int, stop: tuple[str, ...],
            keep_stop: bool, lines: int | None, temperature: float, top_k: int | None, top_p: float | None,
            min_p: float | None, seed: int | None, num_samples: int, as_json: bool, logprobs: int | None,
-           unknown: str, which: str, device: str, precision: str) -> None:
+           unknown: str, which: str, device: str, precision: str, adapt_to: Path | None) -> None:
     """Generate text from a trained model and stream it to stdout."""
     import dataclasses
     import itertools
@@ -421,6 +423,11 @@ def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length:
         tuple(unescape(s) for s in stop), keep_stop, lines, logprobs,
     )
     loaded = load(checkpoint, device=resolve_sampling_device(device, num_samples), prefer=which)
+    if adapt_to is not None:
+        from ..analysis.dynamic import DynamicConfig, adapted
+        from ..data.corpus import read_text
+
+        loaded = adapted(loaded, read_text(adapt_to), DynamicConfig())
     generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]
     generator.check_request(request)
     if prime_file is not None or prime == "-":
@@ -465,8 +472,16 @@ def _text_argument(text: str | None, file: Path | None) -> str:
 @click.option("--positions", is_flag=True, help="Score only the positions a synthetic corpus marks (from FILE.synth.json, "
               "written by 'charlstm corpus synth'), against its ideal and no-memory losses.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--dynamic", is_flag=True, help="Dynamic evaluation (Krause et al. 2018): score each window, then learn from "
+              "it before the next, on a copy in memory; shows the static and dynamic losses side by side.")
+@click.option("--rule", type=click.Choice(["sgd", "rms"]), help="With --dynamic: the update, plain SGD or "
+              "RMS-normalised, each decaying toward the trained weights (default: the one measured best).")
+@click.option("--lr", type=FiniteFloatRange(0, 10), help="With --dynamic: the step size η (default: the rule's measured one).")
+@click.option("--decay", type=FiniteFloatRange(0, 1), help="With --dynamic: the pull λ back toward the trained weights (default: the rule's measured one).")
+@click.option("--window", type=click.IntRange(1, 65536), help="With --dynamic: characters per update (default: the measured one).")
 def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, streams: int | None,
-             precision: str | None, positions: bool, as_json: bool) -> None:
+             precision: str | None, positions: bool, as_json: bool, dynamic: bool, rule: str | None, lr: float | None,
+             decay: float | None, window: int | None) -> None:
     """Loss, bits per character and perplexity of FILE under a model."""
     from ..analysis.longrange import position_report
     from ..analysis.scoring import evaluate_text, split_text
@@ -474,7 +489,26 @@ def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, stream
     from ..training.checkpoint import load
     from . import views
 
+    dynamic_settings = {"rule": rule, "lr": lr, "decay": decay, "window": window}
+    dynamic_only = [f"--{name}" for name, value in dynamic_settings.items() if value is not None]
+    if dynamic_only and not dynamic:
+        raise click.UsageError(f"{dynamic_only[0]} goes with --dynamic")
+    if dynamic and positions:
+        raise click.UsageError("--dynamic and --positions are separate measurements; give one")
     loaded = load(checkpoint, prefer=which)
+    if dynamic:
+        from ..analysis.dynamic import DynamicConfig, dynamic_evaluation
+
+        given = {name: value for name, value in dynamic_settings.items() if value is not None}
+        config = DynamicConfig(**given, streams=streams or 1)  # type: ignore[arg-type]
+        text = split_text(read_text(file), float(loaded.config.get("train", {}).get("val_frac", 0.1)), split)  # type: ignore[arg-type]
+        with console.counting_progress("dynamic evaluation", "windows") as advance:
+            outcome = dynamic_evaluation(loaded, text, config, precision, on_window=advance)
+        if as_json:
+            console.write_json_line({"file": str(file), "split": split, **outcome.to_dict()})
+        else:
+            views.show_dynamic_eval(outcome, f"{file}" + ("" if split == "all" else f" ({split} split)"))
+        return
     if positions:
         if split != "all":
             raise click.UsageError("--positions scores the whole file; leave out --split")
@@ -500,14 +534,37 @@ def evaluate(file: Path, checkpoint: Path | None, which: str, split: str, stream
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the heat-map as a self-contained HTML page.")
 @click.option("--spans", type=click.IntRange(0, 1000), default=5, show_default=True, help="How many of the most surprising words to list.")
 @force_output_option
+@click.option("--lines", "lines_file", type=click.Path(path_type=Path), help="Rank the lines of this file by how strange "
+              "the model finds them (each line from a fresh state, many at once).")
+@click.option("--top", type=click.IntRange(1, 100_000), default=10, show_default=True, help="With --lines: how many of the most surprising lines to show.")
+@click.option("--by", "rank_by", type=click.Choice(["mean", "total", "peak"]), default="peak", show_default=True,
+              help="With --lines: rank by the costliest character (best on benchmarks/anomaly.py), mean nats per "
+                   "character, or total nats per line.")
+@click.option("--jsonl", is_flag=True, help="With --lines: one JSON object per line of the file, in file order, instead of the table.")
+@click.option("--carry", is_flag=True, help="With --lines: read the file as one stream, each line in the context of those before it.")
+@click.option("--reference", type=click.Path(path_type=Path), help="With --lines: a file of normal lines; lines scoring above "
+              "its --percentile are flagged, and the exit status is 3 when any is.")
+@click.option("--percentile", type=FiniteFloatRange(0, 100), default=99.5, show_default=True, help="With --reference: the threshold's percentile.")
+@click.option("--labels", type=click.Path(path_type=Path), help="With --lines: a file of 0/1, one per line (1 = anomaly); "
+              "reports ROC AUC and precision among the top lines.")
 def score(text: str | None, file: Path | None, checkpoint: Path | None, which: str, html_path: Path | None, spans: int,
-          force: bool) -> None:
-    """Colour each character of TEXT by the model's surprise at it (-log2 p, in bits)."""
+          force: bool, lines_file: Path | None, top: int, rank_by: str, jsonl: bool, carry: bool, reference: Path | None,
+          percentile: float, labels: Path | None) -> None:
+    """Colour each character of TEXT by the model's surprise at it (-log2 p, in bits), or rank the
+    lines of a file by it (--lines FILE; exit status 3 when --reference flags a line)."""
     from ..analysis.scoring import surprisal
     from ..base.fsutil import carries_marker, check_output, write_output
     from ..training.checkpoint import load
     from . import views
 
+    if lines_file is not None:
+        if text is not None or file is not None or html_path is not None:
+            raise click.UsageError("--lines FILE scores a file of lines; leave out TEXT, -f and --html")
+        _score_lines(load(checkpoint, prefer=which), lines_file, top, rank_by, jsonl, carry, reference, percentile, labels)
+        return
+    line_options = {"--jsonl": jsonl, "--carry": carry, "--reference": reference is not None, "--labels": labels is not None}
+    if any(line_options.values()):
+        raise click.UsageError(f"{next(name for name, given in line_options.items() if given)} goes with --lines FILE")
     ours = carries_marker(views.HTML_MARKER.encode())
     if html_path is not None:
         check_output(html_path, force, ours)  # refuse before the scoring work, not after it
@@ -518,6 +575,37 @@ def score(text: str | None, file: Path | None, checkpoint: Path | None, which: s
         title = f"charlstm score: {file.name if file else loaded.name}"
         write_output(html_path, views.surprisal_html(result, title), force, ours)
         console.note(f"wrote {html_path}")
+
+
+# The exit status of `score --lines --reference` when a line scores above the threshold: apart from
+# errors (1) and usage errors (2), so a cron job or CI step can tell "anomaly" from "broken".
+FLAGGED_EXIT = 3
+
+
+def _score_lines(loaded: Any, path: Path, top: int, rank_by: str, jsonl: bool, carry: bool, reference: Path | None,
+                 percentile: float, labels: Path | None) -> None:
+    """`score --lines`: score, judge, show; exit 3 when the reference's threshold flags a line."""
+    from ..analysis.lines import judge_lines, read_labels, score_line_file
+    from . import views
+
+    scores = score_line_file(loaded, path, carry)
+    judgement = judge_lines(
+        scores, rank_by,  # type: ignore[arg-type]
+        reference=score_line_file(loaded, reference, carry) if reference is not None else None,
+        percentile=percentile,
+        labels=read_labels(labels, len(scores.lines)) if labels is not None else None,
+        top=top,
+    )
+    if jsonl:
+        flagged = judgement.flagged
+        for index, line in enumerate(scores.lines):
+            console.write_json_line(line.to_dict(None if flagged is None else bool(flagged[index])))
+        console.note(f"{len(scores.lines):,} lines, {scores.chars_per_sec:,.0f} chars/s; "
+                     + ", ".join(f"{key} {value}" for key, value in judgement.to_dict().items()))
+    else:
+        views.show_line_ranking(scores, judgement, top, str(path))
+    if judgement.flagged_count:
+        sys.exit(FLAGGED_EXIT)
 
 
 @cli.command("inspect")

@@ -9,13 +9,14 @@ line every few seconds elsewhere (CI, a log file). The layers below never print.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -381,6 +382,18 @@ def write_json(data: Any) -> None:
 def write_json_line(data: Any) -> None:
     """One JSON object on one line (characters as themselves, not escaped), for scripts and JSONL."""
     write_text(json.dumps(_finite(data), ensure_ascii=False, allow_nan=False) + "\n")
+
+
+@contextlib.contextmanager
+def counting_progress(description: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar on stderr for a long loop (on a terminal only; transient), fed ``advance(done, total)``."""
+    if not err.is_terminal:
+        yield lambda done, total: None
+        return
+    with Progress(TextColumn(escape(description)), BarColumn(), TextColumn(f"{{task.completed:,.0f}}/{{task.total:,.0f}} {unit}"),
+                  TimeRemainingColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
 def phase(name: str) -> None:

@@ -21,8 +21,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..analysis.dynamic import DynamicResult
 from ..analysis.features import Signal
 from ..analysis.gates import GateSaturation, LstmTrace, UnitMatch
+from ..analysis.lines import LineJudgement, LineScore, LineScores
 from ..analysis.scoring import EvalResult, RunSummary, Surprisal
 from ..base.errors import CharlstmError
 from ..base.runtime import LN2
@@ -144,6 +146,25 @@ def show_eval(result: EvalResult, source: str) -> None:
     out.print(table)
 
 
+def show_dynamic_eval(result: DynamicResult, source: str) -> None:
+    """The static and dynamic losses of one text side by side, with what each took."""
+    static = result.static
+    lr, decay = result.config.rates
+    table = Table(title=f"charlstm eval --dynamic: {escape(source)}", title_justify="left")
+    for column in ("", "loss (nats/char)", "bpc", "time"):
+        table.add_column(column, justify="right" if column else "left")
+    table.add_row("static", f"{static.loss:.4f}", f"{static.bpc:.4f}", format_duration(static.seconds))
+    table.add_row("dynamic", f"{result.dynamic_loss:.4f}", f"{result.dynamic_loss / LN2:.4f}",
+                  format_duration(result.dynamic_seconds))
+    table.add_row("gain", f"{result.gain:.4f}", f"{result.gain / LN2:.4f}", "")
+    out.print(table)
+    out.print(f"{static.scored_chars:,} characters scored in {static.streams} stream(s) of {result.config.window}-character "
+              f"windows; update rule {result.config.rule} (η {lr:g}, λ {decay:g}); checkpoint {escape(static.checkpoint)} "
+              "unchanged")
+    if static.unknown:
+        out.print(escape(unknown_summary(static.unknown)))
+
+
 def unknown_summary(unknown: dict[str, int]) -> str:
     """'3 characters outside the vocabulary, skipped: 'é' x2, '€' x1' or ''."""
     if not unknown:
@@ -173,6 +194,50 @@ def show_surprisal(result: Surprisal, spans: int = 5) -> None:
     for span in result.spans(spans):
         table.add_row(f"{span.bits:.1f}", f"{span.peak_bits:.1f}", f"{span.line}:{span.column}", escape(span.text))
     out.print(table)
+
+
+def _highlighted_line(line: LineScore, limit: int) -> Text:
+    """The line with each character on its heat colour (bits against the heat-map's scale), cut
+    to ``limit`` cells around its most surprising character; a costly line break shows as ↵."""
+    values = line.nats / LN2 / SURPRISAL_SCALE
+    shown = line.text + "\n"
+    begin = max(0, min(line.peak_index - limit // 2, len(shown) - limit))
+    picture = Text("…" if begin else "")
+    for index in range(begin, min(len(shown), begin + limit)):
+        char = shown[index]
+        if char == "\n" and values[index] < 0.5:
+            continue
+        rgb = heat(float(values[index]))
+        picture.append(glyph(char), style=f"{_ink(rgb)} on {_hex(rgb)}" if values[index] >= 0.25 else "")
+    if begin + limit < len(shown):
+        picture.append("…")
+    return picture
+
+
+def show_line_ranking(scores: LineScores, judgement: LineJudgement, top: int, source: str) -> None:
+    """The ``top`` most surprising lines, their costs and their hottest characters, and what the
+    threshold and the labels say."""
+    ranked = scores.ranked(judgement.by)[:top]
+    title = f"charlstm score --lines: {escape(source)} (top {len(ranked)} of {len(scores.lines):,} by {judgement.by})"
+    table = Table(title=title, title_justify="left")
+    for column in ("line", "mean", "total", "peak", "at", "text"):
+        table.add_column(column, justify="left" if column == "text" else "right", no_wrap=column != "text")
+    flagged = judgement.flagged
+    for line in ranked:
+        mark = "[bold red]![/]" if flagged is not None and flagged[line.number - 1] else ""
+        table.add_row(f"{mark}{line.number}", f"{line.mean_nats:.2f}", f"{line.total_nats:.1f}",
+                      f"{line.peak_nats / LN2:.1f}b", str(line.peak_index + 1),
+                      _highlighted_line(line, max(20, _width(out) - 40)))
+    out.print(table)
+    out.print(f"nats per character (mean), nats per line (total); peak: the costliest character, in bits, "
+              f"at its column; {format_count(scores.chars_per_sec)} chars/s "
+              f"({'carried state' if scores.carry else 'each line from a fresh state'})")
+    if judgement.threshold is not None:
+        out.print(f"threshold {judgement.threshold:.3f} ({judgement.by}, the reference's {judgement.percentile:g}th "
+                  f"percentile): {judgement.flagged_count:,} line(s) above it, marked !")
+    if judgement.auc is not None:
+        precision = ", ".join(f"P@{k} {value:.3f}" for k, value in (judgement.precision or {}).items())
+        out.print(f"labels: {judgement.positives:,} anomalous line(s); ROC AUC {judgement.auc:.4f}; {precision}")
 
 
 # What makes a page or picture recognisably charlstm's own, so writing it again needs no --force.

@@ -1,7 +1,7 @@
 """Does starting from the shipped base model pay? Fine-tuning against training from scratch on small texts.
 
     python benchmarks/finetune.py [--corpora DIR] [--chars 150000] [--short 1m] [--long 10m] [--out DIR]
-    python benchmarks/finetune.py --sweep [--sweep-steps 100]      # the learning-rate/warmup experiment
+    python benchmarks/finetune.py --sweep lr|warmup [--sweep-lr 2e-3] [--sweep-steps 100]   # lr and warmup
     python benchmarks/finetune.py --inits                          # how new rows should start
 
 Two small corpora the base never saw, cut from ../shared/corpora to --chars characters (written under
@@ -10,7 +10,9 @@ characters the base lacks). On each, with the same file and so the same validati
 10%), three plain `charlstm train` runs: (a) `--time 1m --init-from base`, (b) `--time 1m` from scratch,
 (c) `--time 10m` from scratch. The table gives each run's best validation loss (nats/char) and a sample.
 Runs are done one after another; each run's result is kept under --out, so an interrupted benchmark
-goes on where it stopped.
+goes on where it stopped. On a machine shared with other work, a wall-clock budget measures the
+neighbours: give --short and --long as step counts (e.g. 60 and 600) for the same comparison in
+equal compute (benchmarks/RESULTS.md says which was used).
 
 --sweep fine-tunes the base on both corpora for a fixed number of steps (fixed steps, not time, so a
 busy machine does not change what is compared) at several peak learning rates and warmups, through
@@ -31,10 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPORA = REPO.parent / "shared" / "corpora"
 SMALL_CORPORA = {"grimm": "grimm.txt", "tang": "tangpoems.txt"}
-RUNS = {"a": ("1m from base", ["--init-from", "base"], "short"), "b": ("1m from scratch", [], "short"),
-        "c": ("10m from scratch", [], "long")}
+RUNS = {"a": ("from base", ["--init-from", "base"], "short"), "b": ("from scratch", [], "short"),
+        "c": ("from scratch, 10x longer", [], "long")}
 PRIMES = {"grimm": "The king said", "tang": "山"}
-SWEEP = [(6e-3, 50), (3e-3, 20), (2e-3, 20), (1e-3, 20), (5e-4, 20), (2e-3, 0), (2e-3, 100)]
+SWEEP_LRS = (6e-3, 3e-3, 1.5e-3, 7.5e-4)  # 6e-3 with warmup 50: a fresh run's, the baseline
+SWEEP_WARMUPS = (0, 20, 50)  # 20 at the chosen lr is also in the lr sweep
 
 
 def small_corpus(corpora: Path, name: str, chars: int, out: Path) -> Path:
@@ -52,20 +55,22 @@ def charlstm(*args: str) -> subprocess.CompletedProcess:
 
 
 def run_one(corpus: Path, name: str, key: str, budget: str, out: Path) -> dict[str, object]:
+    """One run; ``budget`` is a duration (``1m``) or a step count (``120``)."""
     result_file = out / "results" / f"{name}-{key}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     label, extra, _ = RUNS[key]
     run = f"{name}-{key}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.perf_counter()
-    charlstm("train", str(corpus), "--time", budget, "--out", str(out / "runs"), "--name", run, *extra)
+    limit = ["--steps", budget] if budget.isdigit() else ["--time", budget]
+    charlstm("train", str(corpus), *limit, "--out", str(out / "runs"), "--name", run, *extra)
     wall = time.perf_counter() - started
     config = json.loads((out / "runs" / run / "last" / "config.json").read_text())
     model, metrics = config["model"], config["metrics"]
     sample = charlstm("sample", "-c", str(out / "runs" / run), "--length", "200", "--seed", "1", "--temp", "0.8",
                       "--prime", PRIMES[name]).stdout
     result = {
-        "corpus": name, "run": key, "label": f"{label} ({budget})", "best_val_loss": metrics["best_val_loss"],
+        "corpus": name, "run": key, "label": f"({key}) {label}, " + (f"{budget} steps" if budget.isdigit() else budget), "best_val_loss": metrics["best_val_loss"],
         "steps": metrics["step"], "chars_seen": metrics["chars_seen"], "wall_seconds": round(wall, 1),
         "model": f"{model['cell']} {model['num_layers']}x{model['hidden_size']} emb {model['emb_size']} drop {model['dropout']:g}",
         "lr": config["train"]["lr"], "vocab": len(config["vocab"]), "sample": sample, "dir": str(out / "runs" / run),
@@ -82,7 +87,14 @@ def load_small(path: Path):
     return load_corpus([str(path)], TextOptions(), cache=None).corpus
 
 
-def sweep(paths: dict[str, Path], steps: int) -> list[dict[str, object]]:
+def sweep_settings(kind: str, lr: float, skip: tuple[int, ...] = ()) -> list[tuple[float, int]]:
+    """(peak lr, warmup steps) pairs: every lr at warmup 20 (and a fresh run's 6e-3 at 50), or every warmup at ``lr``."""
+    if kind == "lr":
+        return [(6e-3, 50), *((rate, 20) for rate in SWEEP_LRS)]
+    return [(lr, warmup) for warmup in SWEEP_WARMUPS if warmup not in skip]
+
+
+def sweep(paths: dict[str, Path], steps: int, settings: list[tuple[float, int]]) -> list[dict[str, object]]:
     """Fine-tune the base for ``steps`` steps at each (peak lr, warmup) and keep the best validation loss."""
     import tempfile
 
@@ -93,7 +105,7 @@ def sweep(paths: dict[str, Path], steps: int) -> list[dict[str, object]]:
     rows = []
     for name, path in paths.items():
         corpus = load_small(path)
-        for lr, warmup in SWEEP:
+        for lr, warmup in settings:
             plan = plan_finetune("base", corpus)
             config = dataclasses.replace(finetune_train_config(RunChoices(steps=steps, lr=lr, precision="fp32"), plan),
                                          warmup_steps=warmup, preview_chars=0)
@@ -108,14 +120,14 @@ def sweep(paths: dict[str, Path], steps: int) -> list[dict[str, object]]:
 
 
 def inits(paths: dict[str, Path], corpora: Path) -> list[dict[str, object]]:
-    """Loss before any training: the grown model on each small corpus's validation split and on 50k
+    """Loss before any training: the grown model on each small corpus's validation split and on 20k
     characters of the base's own validation text (the end of War and Peace), per way of starting new rows."""
     from charlstm.analysis.scoring import evaluate_text
     from charlstm.training.checkpoint import LoadedModel, load
     from charlstm.training.finetune import ROW_INITS, plan_finetune
 
     base = load("base")
-    old_text = (corpora / "warpeace.txt").read_text(encoding="utf-8-sig").replace("\r\n", "\n")[-50_000:]
+    old_text = (corpora / "warpeace.txt").read_text(encoding="utf-8-sig").replace("\r\n", "\n")[-20_000:]
     rows = [{"corpus": "base validation (old chars)", "init": "the base itself",
              "loss": evaluate_text(base, old_text, precision="fp32").loss}]
     for name, path in paths.items():
@@ -149,17 +161,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
     parser.add_argument("--chars", type=int, default=150_000)
-    parser.add_argument("--short", default="1m")
-    parser.add_argument("--long", default="10m")
+    parser.add_argument("--short", default="1m", help="budget of (a) and (b): a duration, or a number of steps")
+    parser.add_argument("--long", default="10m", help="budget of (c): a duration, or a number of steps")
     parser.add_argument("--only", default="a,b,c", help="which runs: a, b, c (comma-separated)")
+    parser.add_argument("--names", default=",".join(SMALL_CORPORA), help="which small corpora (comma-separated)")
     parser.add_argument("--out", type=Path, default=Path("checkpoints/finetune-bench"))
-    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep", choices=["lr", "warmup"], help="sweep peak learning rates, or warmups at --sweep-lr")
+    parser.add_argument("--sweep-lr", type=float, default=2e-3)
+    parser.add_argument("--skip-warmups", default="", help="warmups already measured (comma-separated)")
+    parser.add_argument("--sweep-corpora", default=",".join(SMALL_CORPORA))
     parser.add_argument("--sweep-steps", type=int, default=100)
     parser.add_argument("--inits", action="store_true")
     args = parser.parse_args()
     paths = {name: small_corpus(args.corpora, name, args.chars, args.out) for name in SMALL_CORPORA}
     if args.sweep:
-        rows = sweep(paths, args.sweep_steps)
+        chosen = {name: paths[name] for name in args.sweep_corpora.split(",")}
+        rows = sweep(chosen, args.sweep_steps, sweep_settings(args.sweep, args.sweep_lr, tuple(int(w) for w in args.skip_warmups.split(",") if w)))
         print("| corpus | peak lr | warmup steps | best val loss after %d steps |" % args.sweep_steps)
         print("| --- | ---: | ---: | ---: |")
         for row in rows:
@@ -170,7 +187,8 @@ def main() -> None:
             print(row)
         return
     results = []
-    for name, path in paths.items():
+    for name in args.names.split(","):
+        path = paths[name]
         for key in args.only.split(","):
             budget = args.short if RUNS[key][2] == "short" else args.long
             results.append(run_one(path, name, key, budget, args.out))

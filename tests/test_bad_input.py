@@ -127,7 +127,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     "unknown encoding": (train_on(b"text", "--encoding", "klingon"), "unknown text encoding 'klingon'; try --encoding utf-8"),
     # checkpoints
     "missing checkpoint": (lambda ws, run: ("sample", "-c", str(ws / "none")), "checkpoint not found: {ws}/none"),
-    "no runs at all": (lambda ws, run: ("sample",), "no trained runs under checkpoints/; run 'charlstm train' first or pass -c CHECKPOINT"),
+    "no runs at all": (lambda ws, run: ("info",), "no trained runs under checkpoints/; run 'charlstm train' first or pass -c CHECKPOINT"),
     "truncated weights": (
         damaged_checkpoint(lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:700])),
         "model.safetensors cannot be read",

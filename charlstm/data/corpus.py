@@ -219,10 +219,12 @@ def _chars_of(points: np.ndarray) -> list[str]:
 
 
 class Vocab:
-    """The sorted set of characters a model knows, and the id of each.
+    """The characters a model knows, and the id of each.
 
-    Ids are positions in the sorted list, so the vocabulary is fully described by
-    its characters and survives a round trip through JSON. When it holds
+    Ids are positions in the list, so the vocabulary is fully described by its
+    characters and survives a round trip through JSON. A corpus's own vocabulary
+    is sorted; a fine-tuned model's is its parent's followed by the characters it
+    added (:meth:`grown`), so that old ids keep their meaning. When it holds
     :data:`UNKNOWN_CHAR`, that character stands for every character it lacks.
     """
 
@@ -232,13 +234,13 @@ class Vocab:
         if any(len(c) != 1 for c in chars):
             raise CorpusError("every vocabulary entry must be a single character")
         codepoints = _codepoints("".join(chars))
-        if np.any(np.diff(codepoints.astype(np.int64)) <= 0):
-            raise CorpusError("vocabulary characters must be sorted and distinct")
+        if len(np.unique(codepoints)) != len(codepoints):
+            raise CorpusError("vocabulary characters must be distinct")
         self.chars: list[str] = list(chars)
         self._codepoints = codepoints
         # id of every code point up to the largest known one, -1 for the rest; the
         # extra last entry answers for all code points beyond the table.
-        self._ids = np.full(max(256, int(codepoints[-1]) + 1) + 1, -1, dtype=np.int32)
+        self._ids = np.full(max(256, int(codepoints.max()) + 1) + 1, -1, dtype=np.int32)
         self._ids[codepoints] = np.arange(len(codepoints), dtype=np.int32)
         narrow = codepoints[codepoints < 256]
         self._narrow_known = narrow.astype(np.uint8).tobytes()
@@ -264,6 +266,11 @@ class Vocab:
         if (present & ~kept).any() and UNKNOWN_CHAR not in chars:
             chars = sorted([*chars, UNKNOWN_CHAR])
         return cls(chars)
+
+    def grown(self, other: "Vocab") -> "Vocab":
+        """This vocabulary followed by the characters of ``other`` it lacks, in ``other``'s order."""
+        known = set(self.chars)
+        return Vocab([*self.chars, *(char for char in other.chars if char not in known)])
 
     def __len__(self) -> int:
         return len(self.chars)

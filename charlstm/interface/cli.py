@@ -38,10 +38,11 @@ from .signals import TwoStageStop
 
 if TYPE_CHECKING:
     from ..data.cache import CorpusCache
-    from ..data.corpus import TextOptions
+    from ..data.corpus import Corpus, TextOptions
     from ..model.config import ModelConfig
     from ..training.config import TrainConfig
     from ..training.distributed import DistributedContext
+    from ..training.sizing import RunChoices
     from ..training.trainer import Trainer
 
 
@@ -91,6 +92,10 @@ read from this Python installation. Stops at --steps, --epochs or --time,
 whichever comes first (10 minutes if none is given). Writes the run to
 OUT/NAME: best/ and last/ checkpoints and metrics.jsonl.
 
+With --init-from RUN (a run, a checkpoint, or 'base', the model shipped with
+charlstm), starts from RUN's weights: the vocabulary grows by the corpus's new
+characters and the model keeps RUN's shape; the optimiser is fresh.
+
 With --resume, continues a run exactly where it stopped, on its own corpus
 unless CORPUS is given; --steps, --epochs and --time then set the run's new
 total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at once.
@@ -128,6 +133,7 @@ total budget. Ctrl-C stops cleanly and saves the run; a second Ctrl-C stops at o
 @click.option("--undecodable", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="A file in a folder or pattern that does not decode: stop, or skip it with a warning.")
 @click.option("--no-cache", is_flag=True, help="Encode the corpus afresh and do not store it in the cache.")
 @click.option("--resume", metavar="[RUN]", is_flag=False, flag_value="", help="Continue RUN (a run directory; default: the newest run under --out) where it stopped.")
+@click.option("--init-from", metavar="RUN", help="Start from this run's, checkpoint's or shipped model's ('base') weights: fine-tune it on CORPUS.")
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="On a non-finite loss: stop, keeping the last good checkpoint, or skip the batch.")
 @click.option("--force", is_flag=True, help="Train even on a corpus whose characters look like binary data or are absurdly many.")
 def train(corpus: tuple[str, ...], **options: Any) -> None:
@@ -158,6 +164,8 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     separator = options["doc_separator"]
     if options["name"] is not None:
         check_run_name(options["name"])  # before the corpus is read: a bad name should cost nothing
+    if options["resume"] is not None and options["init_from"] is not None:
+        raise click.UsageError("--init-from starts a new run and --resume continues one; give one of them")
     if options["resume"] is not None:
         with launched() as distributed:  # under torchrun: one rank of a data-parallel continuation
             _run_training(_resumed_trainer(corpus, text_options, separator, options, distributed))
@@ -175,6 +183,11 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     for warning in check_vocabulary(data.vocab, data.source, options["force"]):
         console.warn(warning)
     choices = RunChoices.from_options(options)
+    name = options["name"] or f"{safe_run_stem(_run_stem(corpus))}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if options["init_from"] is not None:
+        with launched() as distributed:  # under torchrun: one rank of a data-parallel fine-tuning run
+            _run_training(_finetune_trainer(data, choices, options, options["out"] / name, distributed))
+        return
     single = os.environ.get("WORLD_SIZE", "1") == "1"
     if single and uses_gpu_rule(choices, resolve_device(choices.device).type):  # grow the batch to fill the GPU
         shape_probe = cuda_shape_probe(len(data.vocab), choices.device, choices.precision,
@@ -189,7 +202,6 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
                                        on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"))
         model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)  # type: ignore[assignment]
     _check_fits(model_config, train_config)
-    name = options["name"] or f"{safe_run_stem(_run_stem(corpus))}-{time.strftime('%Y%m%d-%H%M%S')}"
     reporter = console.ConsoleTrainReporter()
     reporter.estimate = sizing.describe()
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
@@ -248,7 +260,7 @@ def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separat
     from ..training.resume import plan_resume
 
     ctx = click.get_current_context()
-    given = {name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    given = _given(options)
     for conflicting in ("name", "force", "min_char_count", "undecodable", "no_cache"):
         if conflicting in given:
             flag = conflicting.replace("_", "-")
@@ -268,6 +280,35 @@ def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separat
         for warning in plan.warnings:
             console.warn(warning)
     return plan.trainer(console.ConsoleTrainReporter(), distributed, preview=preview_text, threads=ThreadGovernor())
+
+
+def _given(options: dict[str, Any]) -> set[str]:
+    """The options the user typed (or set in the environment), not their defaults."""
+    ctx = click.get_current_context()
+    return {name for name in options if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
+def _finetune_trainer(data: Corpus, choices: RunChoices, options: dict[str, Any], run_dir: Path,
+                      distributed: DistributedContext | None) -> Trainer:
+    """A new run on ``data`` that starts from --init-from's weights (training.finetune decides how)."""
+    from ..base.errors import name_chars
+    from ..base.runtime import ThreadGovernor
+    from ..generation.generator import preview_text
+    from ..training.finetune import finetune_train_config, plan_finetune
+    from ..training.presets import PRESETS
+    from ..training.trainer import Trainer
+
+    given = _given(options)
+    model_changes: dict[str, Any] = PRESETS[options["size"]].shape() if options["size"] is not None else {}
+    model_changes.update({field: options[name] for name, field in _MODEL_OPTIONS.items() if name in given})
+    plan = plan_finetune(options["init_from"], data, model_changes)
+    train_config = finetune_train_config(choices, plan)
+    _check_fits(plan.model_config, train_config)
+    reporter = console.ConsoleTrainReporter()
+    added = f"{len(plan.new_chars)} new character(s): {name_chars(plan.new_chars)}" if plan.new_chars else "no new characters"
+    reporter.estimate = f"to start from {options['init_from']} ({plan.parent['vocab_size']} characters) with {added}"
+    return Trainer(plan.corpus, plan.model_config, train_config, run_dir, reporter, model_state=plan.model_state,
+                   distributed=distributed, preview=preview_text, threads=ThreadGovernor(), parent=plan.parent)
 
 
 def _run_training(trainer: Trainer) -> None:
@@ -422,7 +463,7 @@ def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length:
         prime, length, SamplingOptions(temperature, top_k, top_p, min_p), num_samples, seed, unknown,  # type: ignore[arg-type]
         tuple(unescape(s) for s in stop), keep_stop, lines, logprobs,
     )
-    loaded = load(checkpoint, device=resolve_sampling_device(device, num_samples), prefer=which)
+    loaded = load(_or_base_model(checkpoint), device=resolve_sampling_device(device, num_samples), prefer=which)
     if adapt_to is not None:
         from ..analysis.dynamic import DynamicConfig, adapted
         from ..data.corpus import read_text
@@ -448,6 +489,24 @@ def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length:
         console.write_text("\n")
         return
     console.print_samples([result.text for result in generator.complete(request)], shown_prime)
+
+
+def _or_base_model(checkpoint: Path | None) -> Path | None:
+    """``checkpoint``; with none given and no run under ./checkpoints, the shipped base model, with a note."""
+    from ..training.checkpoint import latest_run
+    from ..training.shipped import BASE_MODEL, shipped_model
+
+    if checkpoint is not None:
+        return checkpoint
+    try:
+        latest_run(DEFAULT_ROOT)
+    except CharlstmError:
+        base = shipped_model(BASE_MODEL)
+        if base is None:
+            raise
+        console.note(f"no run under {DEFAULT_ROOT}/ yet: using the shipped base model (charlstm info {BASE_MODEL})")
+        return base
+    return None
 
 
 def _text_argument(text: str | None, file: Path | None) -> str:
@@ -788,7 +847,7 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
     settings = ReplSettings(temperature, length, top_k, top_p, seed, num_samples,
                                  tuple(unescape(s) for s in stop), mode)  # type: ignore[arg-type]
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    status = repl.run(load(checkpoint, device=target, prefer=which), settings, repl.ReplView(interactive),
+    status = repl.run(load(_or_base_model(checkpoint), device=target, prefer=which), settings, repl.ReplView(interactive),
                       lambda path: load(path, device=target, prefer=which), interactive=interactive)
     sys.exit(status)
 

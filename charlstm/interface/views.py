@@ -427,6 +427,27 @@ def _loss_bpc(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f} nats/char ({value / LN2:.3f} bpc)"
 
 
+def _origin_rows(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where a model came from: a shipped model's books and command, a fine-tuned run's chain of parents."""
+    rows = []
+    base = config.get("base")
+    if isinstance(base, dict):
+        files = config.get("corpus", {}).get("files", [])
+        rows.append(("books", ", ".join(f"{f.get('path')} ({str(f.get('sha256'))[:12]})" for f in files if isinstance(f, dict))))
+        rows.append(("trained", f"{base.get('command')} — {format_duration(float(base.get('wall_seconds', 0)))} "
+                                f"on {base.get('machine')}; rebuilt by {base.get('trained_with')}"))
+        rows.append(("stored", f"{base.get('stored_as')}; never saw {', '.join(base.get('held_out', []))}"))
+    parent, chain = config.get("parent"), []
+    while isinstance(parent, dict):
+        name = f"the shipped model '{parent['base']}'" if "base" in parent else str(parent.get("path", "?"))
+        chain.append(f"{name} (step {parent.get('step')}, weights sha256 {str(parent.get('weights_sha256'))[:12]}, "
+                     f"{parent.get('new_chars', 0)} characters added)")
+        parent = parent.get("parent")
+    if chain:
+        rows.append(("started from", " ← ".join(chain)))
+    return rows
+
+
 def info_panel(summary: RunSummary) -> Panel:
     config, metrics, train = summary.config, summary.metrics, summary.config.get("train", {})
     model = config["model"]
@@ -435,6 +456,8 @@ def info_panel(summary: RunSummary) -> Panel:
     table.add_row("checkpoint", escape(str(summary.checkpoint)))
     table.add_row("corpus", escape(f"{config.get('corpus', {}).get('source', '?')} "
                                    f"({format_count(config.get('corpus', {}).get('chars', 0))} chars)"))
+    for label, line in _origin_rows(config):
+        table.add_row(label, Text(line, overflow="fold"))
     table.add_row("model", f"{model.get('cell', 'lstm').upper()} {model['num_layers']}x{model['hidden_size']}, "
                            f"embedding {model['emb_size']}, dropout {model.get('dropout', 0):g} — "
                            f"{format_count(metrics.get('parameters', 0))} parameters")

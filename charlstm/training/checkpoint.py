@@ -45,6 +45,7 @@ from .layout import (
     TAGS,
     WEIGHTS_FILE,
 )
+from .shipped import shipped_model
 
 # Longer names fail on common file systems (255 bytes a component) once a suffix such as ".old" is added.
 MAX_RUN_NAME_BYTES = 200
@@ -230,13 +231,16 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = "best", root: Path
     """Find the checkpoint directory a user means.
 
     ``path`` may be a checkpoint directory (holding ``model.safetensors``), a run
-    directory (then ``prefer`` picks best or last), or None for the newest run
-    under ``root``.
+    directory (then ``prefer`` picks best or last), the name of a shipped model
+    (``base``) where no such path exists, or None for the newest run under ``root``.
     """
     if path is None:
         path = latest_run(root)
     path = Path(path)
     if not path.exists():
+        shipped = shipped_model(path)
+        if shipped is not None:
+            return shipped
         raise CheckpointError(f"checkpoint not found: {path}")
     if (path / WEIGHTS_FILE).exists() or (path / CONFIG_FILE).exists():
         return path

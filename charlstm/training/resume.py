@@ -52,6 +52,7 @@ class ResumePlan:
     model_state: dict[str, torch.Tensor]
     training_state: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    parent: dict[str, Any] | None = None  # a fine-tuning run's lineage, carried into every checkpoint it writes
 
     @property
     def run_dir(self) -> Path:
@@ -78,6 +79,7 @@ class ResumePlan:
             distributed=distributed,
             preview=preview,
             threads=threads,
+            parent=self.parent,
         )
         if trainer.progress() >= 1.0:
             budget = ", ".join(
@@ -151,6 +153,7 @@ def plan_resume(
         model_state=loaded.model.state_dict(),
         training_state=training_state,
         warnings=warnings,
+        parent=loaded.config["parent"] if isinstance(loaded.config.get("parent"), dict) else None,
     )
 
 

@@ -34,13 +34,15 @@ from .run_state import RunState
 
 
 class RunWriter:
-    def __init__(self, run_dir: Path, sync: Sync, corpus: Corpus, model_config: ModelConfig, config: TrainConfig, precision: str):
+    def __init__(self, run_dir: Path, sync: Sync, corpus: Corpus, model_config: ModelConfig, config: TrainConfig, precision: str,
+                 parent: dict[str, Any] | None = None):
         self.run_dir = run_dir
         self.sync = sync
         self.corpus = corpus
         self.model_config = model_config
         self.config = config
         self.precision = precision
+        self.parent = parent  # a fine-tuning run's lineage (training.finetune), kept in every config.json
         self.saved_steps: dict[str, int] = {}  # tag -> step, kept on every rank so their messages agree
         self._lock: FileLock | None = None
 
@@ -75,6 +77,7 @@ class RunWriter:
             "train": self.config.to_dict(),
             "corpus": self.corpus.describe(),
             "precision": self.precision,
+            **({"parent": self.parent} if self.parent is not None else {}),
             "metrics": {
                 "step": run.step,
                 "epoch": run.epoch,

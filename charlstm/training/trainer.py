@@ -53,7 +53,8 @@ class Trainer:
     """Owns one run: model, optimiser, data cursor, and the run directory it writes.
 
     Pass ``resume_state`` (from a run's ``last`` checkpoint) to continue a run
-    exactly where it stopped. Pass ``distributed`` (from ``torchrun``) to train one
+    exactly where it stopped; ``model_state`` and ``parent`` (from training.finetune) to start
+    from another model's weights and record where they came from. Pass ``distributed`` (from ``torchrun``) to train one
     rank of a data-parallel run: the rank reads its share of the batch's streams,
     DDP averages the gradients, and only rank 0 reports and writes the run.
     """
@@ -71,6 +72,7 @@ class Trainer:
         preview: Preview | None = None,
         threads: ThreadGovernor | None = None,
         deferred_reads: bool | None = None,
+        parent: dict[str, Any] | None = None,
     ):
         self.corpus = corpus
         self.model_config = model_config
@@ -86,7 +88,7 @@ class Trainer:
         own_rows = self.distributed.rows(config.batch_size)  # refuses an uneven split before joining the group
         self.device = self.distributed.bind(resolve_device(config.device))
         self.precision = resolve_precision(config.precision, self.device)
-        self.writer = RunWriter(self.run_dir, self.distributed, corpus, model_config, config, self.precision)
+        self.writer = RunWriter(self.run_dir, self.distributed, corpus, model_config, config, self.precision, parent)
         self.train_ids, self.val_ids = corpus.split(config.val_frac)
         StreamBatches.check_trainable(len(self.train_ids), config.batch_size, config.seq_len)
         if config.val_frac > 0 and len(self.val_ids) < 2:

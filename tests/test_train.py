@@ -2,10 +2,13 @@ import json
 import math
 from collections import Counter
 
+import pytest
 import torch
 from conftest import TINY_MODEL, tiny_train_config
 
 from charlstm import Corpus, ModelConfig, Trainer, load
+from charlstm.base.errors import CharlstmError
+from charlstm.base.runtime import cpu_runs_bf16
 from charlstm.training.checkpoint import read_evaluations, read_metrics
 from charlstm.training.evaluation import evaluate
 
@@ -55,9 +58,14 @@ def test_schedule_warms_up_then_decays_to_the_floor(tmp_path, tiny_text):
     assert abs(rates[100] - 1e-3) < 1e-12
 
 
-def test_bf16_training_converges_close_to_fp32(tmp_path, tiny_text):
+def test_bf16_training_converges_close_to_fp32_or_is_refused_in_one_line(tmp_path, tiny_text):
     corpus = Corpus.from_text(tiny_text)
     config = ModelConfig(vocab_size=len(corpus.vocab), **TINY_MODEL)
+    if not cpu_runs_bf16():  # an AVX2-only CPU: oneDNN has no bf16 LSTM, so asking for it is refused up front
+        with pytest.raises(CharlstmError, match="cannot run bf16.*--precision fp32"):
+            Trainer(corpus, config, tiny_train_config(steps=80, precision="bf16"), tmp_path / "bf16")
+        assert not (tmp_path / "bf16").exists()
+        return
     results = {}
     for precision in ("fp32", "bf16"):
         trainer = Trainer(corpus, config, tiny_train_config(steps=80, precision=precision), tmp_path / precision)

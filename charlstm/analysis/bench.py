@@ -204,14 +204,26 @@ def _best_seconds(run: Callable[[], object], repeats: int, sync: Callable[[], No
     return best
 
 
-def measure_matmul_peak(size: int = 2048, repeats: int = 4, device: torch.device = torch.device("cpu")) -> MatmulPeak:
-    """The best FLOP rate of square products in fp32 and bf16: the denominator of MFU."""
+def measure_matmul_peak(size: int = 2048, repeats: int = 4, device: torch.device = torch.device("cpu"),
+                        slow_product: float = 0.1) -> MatmulPeak:
+    """The best FLOP rate of square products in fp32 and bf16: the denominator of MFU.
+
+    Each dtype's products grow from 256² towards ``size``² only while one takes under ``slow_product``
+    seconds: a CPU that emulates bf16 (AVX2 only: ~0.1 GFLOP/s) would otherwise spend a quarter of an
+    hour on the 2048² ones, and its peak is long reached at a smaller size."""
+    sync = synchronizer(device)
     rates = {}
     for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(size, size, device=device).to(dtype)
-        b = torch.randn(size, size, device=device).to(dtype)
-        out = torch.empty(size, size, dtype=dtype, device=device)
-        rates[dtype] = 2 * size**3 / _best_seconds(lambda: torch.mm(a, b, out=out), repeats, synchronizer(device))
+        side = min(256, size)
+        while True:
+            a = torch.randn(side, side, device=device).to(dtype)
+            b = torch.randn(side, side, device=device).to(dtype)
+            out = torch.empty(side, side, dtype=dtype, device=device)
+            seconds = _best_seconds(lambda: torch.mm(a, b, out=out), repeats, sync)
+            rates[dtype] = max(rates.get(dtype, 0.0), 2 * side**3 / seconds)
+            if side >= size or seconds > slow_product:
+                break
+            side = min(size, side * 2)
     return MatmulPeak(size, rates[torch.float32], rates[torch.bfloat16])
 
 

@@ -9,6 +9,7 @@ command line that builds them) load without it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -68,10 +69,29 @@ def cpu_has_fast_bf16() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU can run bf16 at all: oneDNN builds no bf16 LSTM on a CPU without AVX512 or
+    AVX-NE-CONVERT (an AVX2-only one), and asked anyway it fails deep inside the forward. A two-character
+    forward of a tiny LSTM finds out once, in about a millisecond."""
+    import torch
+
+    lstm = torch.nn.LSTM(4, 4)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(2, 1, 4))
+    except RuntimeError:
+        return False
+    return True
+
+
 def resolve_precision(precision: Precision, device: torch.device) -> str:
     """Pick bf16 autocast where the hardware runs it fast, fp32 elsewhere."""
     import torch
 
+    if precision == "bf16" and device.type == "cpu" and not cpu_runs_bf16():
+        raise CharlstmError("this CPU cannot run bf16 (it has neither AVX512 nor AVX-NE-CONVERT); "
+                            "use --precision fp32, or auto, which picks fp32 here")
     if precision != "auto":
         return precision
     if device.type == "cuda":

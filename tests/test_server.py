@@ -17,9 +17,10 @@ from typing import Iterator
 
 import httpx
 import pytest
+from starlette.exceptions import StarletteDeprecationWarning
 
 with warnings.catch_warnings():  # Starlette 1.x suggests httpx2 for its test client; httpx is what the extra installs
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
 from conftest import main_outcome
@@ -29,9 +30,6 @@ from charlstm.generation.batching import BatchedSampler, SampleRequest
 from charlstm.generation.generator import Generator, SamplingOptions
 from charlstm.interface import server
 from charlstm.training.checkpoint import load
-
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:starlette")
-
 
 def make_app(run: Path, names: int = 1, limits: server.ServeLimits = server.ServeLimits(), api_key: str | None = None):
     models = server.serve_models([load(run) for _ in range(names)], "fp32", limits.max_rows)
@@ -215,6 +213,30 @@ def test_concurrent_requests_are_stepped_as_one_batch_and_a_long_one_stalls_no_o
         assert sampler.steps_taken < long.steps + 6 * 300
     finally:
         sampler.close()
+
+
+def test_a_request_draws_the_same_text_whoever_else_is_served(trained_run: Path):
+    """Primes of different lengths read together, whole-distribution draws made together, a top-k and a
+    greedy request drawing on their own: each text is what Generator.generate gives that request alone."""
+    loaded = load(trained_run)
+    alone = Generator(loaded.model, loaded.vocab)
+    requests = [SampleRequest("The cat sat", 150, SamplingOptions(0.8), 2, seed=1),
+                SampleRequest("", 150, SamplingOptions(1.3), 1, seed=2),
+                SampleRequest("A dog", 120, SamplingOptions(1.0, top_k=4), 1, seed=3),
+                SampleRequest("Her red ball and we", 100, SamplingOptions(0.0), 1, seed=4),
+                SampleRequest("The cat sat", 90, SamplingOptions(0.5), 3, seed=5)]
+    sampler = BatchedSampler(Generator(loaded.model, loaded.vocab))
+    try:
+        tickets = [sampler.submit(request) for request in requests]
+        wait_for(lambda: all(ticket.done for ticket in tickets))
+    finally:
+        sampler.close()
+    for request, ticket in zip(requests, tickets):
+        options = request.options
+        expected = alone.generate(request.prime, request.length, options.temperature, options.top_k, options.top_p,
+                                  request.num_samples, request.seed)
+        assert [sample.text for sample in ticket.outcome.samples] == expected
+    assert sampler.steps_taken < sum(request.length for request in requests)  # they were stepped together
 
 
 @contextmanager

@@ -34,10 +34,11 @@ from typing import Callable, Literal
 import torch
 
 from ..base.errors import CharlstmError
+from ..base.runtime import ThreadGovernor
 from ..data.corpus import UnknownPolicy
 from ..model.network import State
-from ..model.stepper import LSTMStepper, ModelStepper, Stepper
-from .generator import Generator, InPlaceDraw, SamplingOptions
+from ..model.stepper import LSTMStepper, ModelStepper, Stepper, forward_last
+from .generator import PRIME_CHUNK, Generator, InPlaceDraw, SamplingOptions
 
 FinishReason = Literal["length", "stop", "cancelled"]
 
@@ -168,8 +169,9 @@ class _SampleText:
 class Ticket:
     """The waiting side of one request: what was drawn so far, how it ended, and a way to stop it."""
 
-    def __init__(self, request: SampleRequest, wake: Callable[[], None]):
+    def __init__(self, request: SampleRequest, wake: Callable[[], None], submitted: float = 0.0):
         self.request = request
+        self.submitted = submitted  # when it was queued: its timing includes the wait for a place
         self._wake = wake
         self._lock = threading.Lock()
         self._drawn: list[Drawn] = []
@@ -211,7 +213,7 @@ class Ticket:
 class _Live:
     """A request the worker is stepping: its ticket, rows, draw and texts."""
 
-    def __init__(self, ticket: Ticket, vocab_size: int, never: int | None, started: float):
+    def __init__(self, ticket: Ticket, vocab_size: int, never: int | None):
         request = ticket.request
         self.ticket = ticket
         self.request = request
@@ -220,11 +222,13 @@ class _Live:
         self.draw = InPlaceDraw(request.options, request.num_samples, vocab_size, rng, never=never)
         self.texts = [_SampleText(i, request.stop, request.logprobs is not None) for i in range(request.num_samples)]
         self.drawn = 0
-        self.started = started
+        self.started = ticket.submitted
         self.first_char: float | None = None
         self.ids = torch.zeros(request.num_samples, dtype=torch.long)
         self.fresh_state: State | None = None  # the state after its prime, until it joins the batch
         self.row = 0  # its first row in the batch
+        # Sampling from the whole distribution: its rows draw with the other such requests' rows, in one pass.
+        self.racing = self.draw.plain and not request.options.greedy
 
     @property
     def finished(self) -> bool:
@@ -238,8 +242,10 @@ class BatchedSampler:
     line, in the order they came.
     """
 
-    def __init__(self, generator: Generator, max_rows: int = 64, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, generator: Generator, max_rows: int = 64, clock: Callable[[], float] = time.perf_counter,
+                 threads: ThreadGovernor | None = None):
         self.generator = generator
+        self.threads = threads
         self.vocab = generator.vocab
         self.max_rows = max_rows
         self.clock = clock
@@ -249,6 +255,10 @@ class BatchedSampler:
         self._steppers: dict[int, Stepper] = {}
         self._stepper: Stepper | None = None
         self._ids = torch.zeros(0, dtype=torch.long)  # every row's last character, fed at the next step
+        self._temperatures = torch.ones(0, 1)  # each row's temperature, for the draw made together
+        self._scores = torch.empty(0)
+        self._noise = torch.empty(0)
+        self._racing: list[_Live] = []  # the requests whose rows draw together
         self._closed = False
         self.steps_taken = 0  # batched steps since the start: how busy the worker has been
         self._thread = threading.Thread(target=self._run, name="charlstm-sampler", daemon=True)
@@ -265,7 +275,7 @@ class BatchedSampler:
             raise CharlstmError("the sampler is shut down")
         if request.num_samples > self.max_rows:
             raise CharlstmError(f"at most {self.max_rows} samples can be drawn at once, not {request.num_samples}")
-        ticket = Ticket(request, wake)
+        ticket = Ticket(request, wake, self.clock())
         self._inbox.put(ticket)
         return ticket
 
@@ -286,6 +296,8 @@ class BatchedSampler:
                 if changed:
                     self._rebatch()
                 if self._live:
+                    if self.threads is not None:
+                        self.threads.tick()
                     self._step()
         for ticket in [live.ticket for live in self._live] + self._waiting:
             ticket._post(error=CharlstmError("the server is shutting down"))
@@ -307,23 +319,57 @@ class BatchedSampler:
         return sum(live.request.num_samples for live in self._live)
 
     def _admit(self) -> bool:
-        """Prime waiting requests while there is room, drawing each one's first characters."""
-        admitted = False
-        while self._waiting and self._rows() + self._waiting[0].request.num_samples <= self.max_rows:
-            ticket = self._waiting.pop(0)
-            request = ticket.request
-            never = self.vocab.unknown_id if len(self.vocab) > 1 else None
-            live = _Live(ticket, len(self.vocab), never, self.clock())
+        """Prime the waiting requests there is room for, together, drawing each one's first characters."""
+        taken: list[Ticket] = []
+        rows = self._rows()
+        while self._waiting and rows + self._waiting[0].request.num_samples <= self.max_rows:
+            taken.append(self._waiting.pop(0))
+            rows += taken[-1].request.num_samples
+        encoded: list[tuple[Ticket, torch.Tensor]] = []
+        for ticket in taken:
             try:
-                logits, state = self.generator.prime(request.prime, request.num_samples, request.unknown)
+                ids = self.generator.encode_prime(ticket.request.prime, ticket.request.unknown)
             except CharlstmError as problem:
                 ticket._post(error=problem)
                 continue
-            live.fresh_state = state
-            self._draw(live, logits.cpu())
+            encoded.append((ticket, torch.cat([self.generator.encode_prime(self.generator.lead_in), ids])))
+        never = self.vocab.unknown_id if len(self.vocab) > 1 else None
+        for (ticket, _), (logits, state) in zip(encoded, self._prime_together([ids for _, ids in encoded])):
+            samples = ticket.request.num_samples
+            live = _Live(ticket, len(self.vocab), never)
+            live.fresh_state = tuple(part.expand(-1, samples, -1).contiguous() for part in state)  # type: ignore[assignment]
+            self._draw(live, logits.expand(samples, -1).contiguous())
             self._live.append(live)
-            admitted = True
-        return admitted
+        return bool(encoded)
+
+    def _prime_together(self, primes: list[torch.Tensor]) -> list[tuple[torch.Tensor, State]]:
+        """The logits (1, V) after each of ``primes`` and the state (one row) it leaves, all read at once.
+
+        Rows read position by position in one batch, shortest first: the model's forward runs over
+        columns [done, end) of every prime still going, carrying their states, and each prime whose
+        length is ``end`` takes its logits there. One forward per distinct length instead of one per
+        request, and each row's arithmetic is what :meth:`Generator.prime` does for it alone.
+        """
+        results: list[tuple[torch.Tensor, State] | None] = [None] * len(primes)
+        going = sorted(range(len(primes)), key=lambda i: len(primes[i]))
+        state: State | None = None
+        done = 0
+        device, model, precision = self.generator.device, self.generator.model, self.generator.precision
+        while going:
+            end = len(primes[going[0]])
+            batch = torch.stack([primes[i][done:end] for i in going]).to(device)
+            for piece in batch.split(max(1, PRIME_CHUNK // len(going)), dim=1):
+                logits, state = forward_last(model, piece, state, precision)
+            assert state is not None
+            finished = [row for row, i in enumerate(going) if len(primes[i]) == end]
+            for row in finished:
+                results[going[row]] = (logits[row : row + 1], tuple(part[:, row : row + 1] for part in state))
+            kept = [row for row in range(len(going)) if len(primes[going[row]]) > end]
+            index = torch.tensor(kept, dtype=torch.long, device=device)
+            state = tuple(part.index_select(1, index) for part in state)  # type: ignore[assignment]
+            going = [going[row] for row in kept]
+            done = end
+        return results  # type: ignore[return-value]
 
     def _retire(self) -> bool:
         """Take out requests that ended or were cancelled, and tell their waiters."""
@@ -346,7 +392,7 @@ class BatchedSampler:
         return changed
 
     def _rebatch(self) -> None:
-        """Gather the live requests' states into one stepper, padded to a power of two rows."""
+        """Gather the live requests' states and last characters into one stepper, padded to a power of two rows."""
         if not self._live:
             self._stepper = None
             return
@@ -354,14 +400,24 @@ class BatchedSampler:
         capacity = 1 << math.ceil(math.log2(rows))
         old = self._stepper.state() if self._stepper is not None else None
         parts: list[State] = []
+        ids = torch.zeros(capacity, dtype=torch.long)
+        temperatures = torch.ones(capacity, 1)
+        row = 0
         for live in self._live:
+            samples = live.request.num_samples
             if live.fresh_state is not None:
                 parts.append(live.fresh_state)
+                ids[row : row + samples] = live.ids
                 live.fresh_state = None
             else:
                 assert old is not None
-                index = torch.arange(live.row, live.row + live.request.num_samples, device=old[0].device)
-                parts.append(tuple(s.index_select(1, index) for s in old))  # type: ignore[arg-type]
+                index = torch.arange(live.row, live.row + samples, device=old[0].device)
+                parts.append(tuple(part.index_select(1, index) for part in old))  # type: ignore[arg-type]
+                ids[row : row + samples] = self._ids[live.row : live.row + samples]
+            if live.racing:
+                temperatures[row : row + samples] = live.request.options.temperature
+            live.row = row
+            row += samples
         state = tuple(torch.cat([part[i] for part in parts], dim=1) for i in range(len(parts[0])))
         if capacity > rows:
             state = tuple(torch.cat([s, s.new_zeros(s.shape[0], capacity - rows, s.shape[2])], dim=1) for s in state)
@@ -372,36 +428,55 @@ class BatchedSampler:
             self._steppers[capacity] = stepper
         stepper.load_state(state)  # type: ignore[arg-type]
         self._stepper = stepper
-        row = 0
-        for live in self._live:
-            live.row = row
-            row += live.request.num_samples
-        self._ids = torch.zeros(capacity, dtype=torch.long)
+        self._ids, self._temperatures = ids, temperatures
+        self._scores = torch.empty(capacity, len(self.vocab))
+        self._noise = torch.ones(capacity, len(self.vocab))
+        self._racing = [live for live in self._live if live.racing]
 
     def _step(self) -> None:
-        """Feed every live request's last characters and draw the next ones."""
+        """Feed every live request's last characters and draw the next ones.
+
+        Requests that sample from the whole distribution draw together, as :class:`InPlaceDraw`
+        draws (the argmax of logits / T - log E), each row's noise E from its own request's random
+        generator: the same characters, in one pass over the batch instead of one per request.
+        Requests with a greedy or cut (top-k, top-p) draw use their own.
+        """
         assert self._stepper is not None
-        for live in self._live:
-            self._ids[live.row : live.row + live.request.num_samples] = live.ids
         logits = self._stepper.step(self._ids.to(self.generator.device)).cpu()
         self.steps_taken += 1
+        log_probs = {id(live): torch.log_softmax(logits[live.row : live.row + live.request.num_samples], dim=-1)
+                     for live in self._live if live.request.logprobs is not None}
+        never = self.vocab.unknown_id if len(self.vocab) > 1 else None
+        if never is not None:
+            logits[:, never] = float("-inf")
+        if self._racing:
+            for live in self._racing:
+                self._noise[live.row : live.row + live.request.num_samples].exponential_(generator=live.draw.rng)
+            torch.div(logits, self._temperatures, out=self._scores)
+            self._scores.sub_(self._noise.log_())
+            torch.argmax(self._scores, dim=-1, out=self._ids)
         for live in self._live:
-            self._draw(live, logits[live.row : live.row + live.request.num_samples])
+            end = live.row + live.request.num_samples
+            if not live.racing:
+                self._ids[live.row : end] = live.draw(logits[live.row : end])
+            self._accept(live, self._ids[live.row : end].tolist(), log_probs.get(id(live)))
 
     def _draw(self, live: _Live, logits: torch.Tensor) -> None:
-        """Draw one character per sample of ``live`` from its logits rows, and release what can be shown."""
-        k = live.request.logprobs
-        log_probs = torch.log_softmax(logits.float(), dim=-1) if k is not None else None
-        ids = live.draw(logits)
-        live.ids.copy_(ids)
+        """A new request's first characters, from the logits after its prime."""
+        log_probs = torch.log_softmax(logits.float(), dim=-1) if live.request.logprobs is not None else None
+        live.ids.copy_(live.draw(logits))
+        self._accept(live, live.ids.tolist(), log_probs)
+
+    def _accept(self, live: _Live, ids: list[int], log_probs: torch.Tensor | None) -> None:
+        """Add one drawn character to each sample of ``live`` and release what can be shown."""
         live.drawn += 1
         live.ticket.steps = live.drawn
         if live.first_char is None:
             live.first_char = self.clock()
         chars = self.vocab.chars
+        k = live.request.logprobs
         drawn: list[Drawn] = []
-        id_list = live.ids.tolist()
-        for row, (text, char_id) in enumerate(zip(live.texts, id_list)):
+        for row, (text, char_id) in enumerate(zip(live.texts, ids)):
             if text.finish is not None:
                 continue
             entry = None

@@ -652,7 +652,7 @@ def serve(checkpoints: tuple[Path, ...], which: str, host: str, port: int, api_k
     target = resolve_device(device)
     loaded = [load(path, device=target, prefer=which) for path in checkpoints or (None,)]
     limits = server.ServeLimits(max_length=max_length, max_body_bytes=max_body, max_samples=max_samples)
-    models = server.serve_models(loaded, precision, limits.max_rows)
+    models = server.serve_models(loaded, precision, limits.max_rows, server.serving_threads())
     app = server.create_app(models, limits, api_key or None)
     server.announce(models, host, listener.getsockname()[1], api_key or None)
     server.run_server(app, listener)

@@ -31,6 +31,7 @@ from charlstm.generation.generator import Generator, SamplingOptions
 from charlstm.interface import server
 from charlstm.training.checkpoint import load
 
+
 def make_app(run: Path, names: int = 1, limits: server.ServeLimits = server.ServeLimits(), api_key: str | None = None):
     models = server.serve_models([load(run) for _ in range(names)], "fp32", limits.max_rows)
     return server.create_app(models, limits, api_key), models

@@ -240,6 +240,32 @@ def test_a_request_draws_the_same_text_whoever_else_is_served(trained_run: Path)
     assert sampler.steps_taken < sum(request.length for request in requests)  # they were stepped together
 
 
+def test_a_long_prime_is_read_beside_the_streams_already_running(trained_run: Path):
+    loaded = load(trained_run)
+    sampler = BatchedSampler(Generator(loaded.model, loaded.vocab))
+    read_once, release = sampler._prime_alone, threading.Event()
+
+    def held_read(ids):  # the long read takes as long as the test wants
+        release.wait(10)
+        return read_once(ids)
+
+    sampler._prime_alone = held_read
+    long_prime = "The cat sat on the mat. " * 200
+    try:
+        running = sampler.submit(SampleRequest("The", 1_000_000, seed=1))
+        wait_for(lambda: running.steps > 0)
+        reading = sampler.submit(SampleRequest(long_prime, 50, seed=2))
+        wait_for(lambda: sampler._reading)
+        during = running.steps
+        wait_for(lambda: running.steps > during + 100)  # the running stream goes on while the prime is read
+        release.set()
+        wait_for(lambda: reading.done)
+        running.cancel()
+    finally:
+        sampler.close()
+    assert reading.outcome.samples[0].text == Generator(loaded.model, loaded.vocab).generate(long_prime, 50, seed=2)[0]
+
+
 @contextmanager
 def live_server(app) -> Iterator[str]:
     """The app on a real uvicorn, on a free port of 127.0.0.1, in a thread."""

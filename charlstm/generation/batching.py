@@ -28,6 +28,7 @@ import math
 import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -41,6 +42,9 @@ from ..model.stepper import LSTMStepper, ModelStepper, Stepper, forward_last
 from .generator import PRIME_CHUNK, Generator, InPlaceDraw, SamplingOptions
 
 FinishReason = Literal["length", "stop", "cancelled"]
+
+# Primes longer than this (in characters) are read beside the stepping instead of between two steps.
+LONG_PRIME = 256
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,8 @@ class BatchedSampler:
         self._scores = torch.empty(0)
         self._noise = torch.empty(0)
         self._racing: list[_Live] = []  # the requests whose rows draw together
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charlstm-prime")
+        self._reading: list[tuple[Ticket, Future[tuple[torch.Tensor, State]]]] = []  # long primes being read
         self._closed = False
         self.steps_taken = 0  # batched steps since the start: how busy the worker has been
         self._thread = threading.Thread(target=self._run, name="charlstm-sampler", daemon=True)
@@ -267,7 +273,7 @@ class BatchedSampler:
     @property
     def live_requests(self) -> int:
         """Requests being stepped or waiting for a place (what a health check reports)."""
-        return len(self._live) + len(self._waiting) + self._inbox.qsize()
+        return len(self._live) + len(self._reading) + len(self._waiting) + self._inbox.qsize()
 
     def submit(self, request: SampleRequest, wake: Callable[[], None] = lambda: None) -> Ticket:
         """Queue ``request``; ``wake`` is called (from the worker thread) when there is something to take."""
@@ -284,23 +290,32 @@ class BatchedSampler:
         self._closed = True
         self._inbox.put(None)
         self._thread.join(timeout=10)
+        self._reader.shutdown(wait=False, cancel_futures=True)
 
     # -- the worker ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
         with torch.inference_mode():
             while not self._closed:
-                self._collect(block=not self._live)
-                changed = self._admit()
-                changed |= self._retire()
-                if changed:
-                    self._rebatch()
-                if self._live:
-                    if self.threads is not None:
-                        self.threads.tick()
-                    self._step()
-        for ticket in [live.ticket for live in self._live] + self._waiting:
-            ticket._post(error=CharlstmError("the server is shutting down"))
+                try:
+                    self._collect(block=not self._live)
+                    changed = self._admit()
+                    changed |= self._retire()
+                    if changed:
+                        self._rebatch()
+                    if self._live:
+                        if self.threads is not None:
+                            self.threads.tick()
+                        self._step()
+                except Exception as bug:  # noqa: BLE001 - a bug must end these requests, not hang them
+                    self._fail_all(CharlstmError(f"generation failed ({type(bug).__name__}: {bug}); "
+                                                 "this is a bug in charlstm, please report it"))
+        self._fail_all(CharlstmError("the server is shutting down"))
+
+    def _fail_all(self, error: CharlstmError) -> None:
+        for ticket in [live.ticket for live in self._live] + [ticket for ticket, _ in self._reading] + self._waiting:
+            ticket._post(error=error)
+        self._live, self._reading, self._waiting, self._stepper = [], [], [], None
 
     def _collect(self, block: bool) -> None:
         try:
@@ -316,31 +331,57 @@ class BatchedSampler:
             ticket._post(outcome=Outcome([], len(ticket.request.prime), 0.0, None))
 
     def _rows(self) -> int:
-        return sum(live.request.num_samples for live in self._live)
+        return sum(live.request.num_samples for live in self._live) + sum(
+            ticket.request.num_samples for ticket, _ in self._reading)
 
     def _admit(self) -> bool:
-        """Prime the waiting requests there is room for, together, drawing each one's first characters."""
+        """Start the waiting requests there is room for, and let in those whose long primes were read.
+
+        Short primes are read here, together, in one forward per distinct length; a prime longer
+        than :data:`LONG_PRIME` would hold every stream up while it is read, so the reader thread
+        reads it beside the stepping (torch lets go of the GIL while it computes).
+        """
+        admitted = False
+        for ticket, reading in [entry for entry in self._reading if entry[1].done()]:
+            self._reading.remove((ticket, reading))
+            logits, state = reading.result()
+            self._make_live(ticket, logits, state)
+            admitted = True
         taken: list[Ticket] = []
         rows = self._rows()
         while self._waiting and rows + self._waiting[0].request.num_samples <= self.max_rows:
             taken.append(self._waiting.pop(0))
             rows += taken[-1].request.num_samples
-        encoded: list[tuple[Ticket, torch.Tensor]] = []
+        short: list[tuple[Ticket, torch.Tensor]] = []
         for ticket in taken:
             try:
                 ids = self.generator.encode_prime(ticket.request.prime, ticket.request.unknown)
             except CharlstmError as problem:
                 ticket._post(error=problem)
                 continue
-            encoded.append((ticket, torch.cat([self.generator.encode_prime(self.generator.lead_in), ids])))
+            ids = torch.cat([self.generator.encode_prime(self.generator.lead_in), ids])
+            if len(ids) > LONG_PRIME:
+                reading = self._reader.submit(self._prime_alone, ids)
+                reading.add_done_callback(lambda _: self._inbox.put(None))  # wake the worker if it waits
+                self._reading.append((ticket, reading))
+            else:
+                short.append((ticket, ids))
+        for (ticket, _), (logits, state) in zip(short, self._prime_together([ids for _, ids in short])):
+            self._make_live(ticket, logits, state)
+        return admitted or bool(short)
+
+    def _make_live(self, ticket: Ticket, logits: torch.Tensor, state: State) -> None:
+        """A primed request joins the batch (at the next rebatch), with its first characters drawn."""
+        samples = ticket.request.num_samples
         never = self.vocab.unknown_id if len(self.vocab) > 1 else None
-        for (ticket, _), (logits, state) in zip(encoded, self._prime_together([ids for _, ids in encoded])):
-            samples = ticket.request.num_samples
-            live = _Live(ticket, len(self.vocab), never)
-            live.fresh_state = tuple(part.expand(-1, samples, -1).contiguous() for part in state)  # type: ignore[assignment]
-            self._draw(live, logits.expand(samples, -1).contiguous())
-            self._live.append(live)
-        return bool(encoded)
+        live = _Live(ticket, len(self.vocab), never)
+        live.fresh_state = tuple(part.expand(-1, samples, -1).contiguous() for part in state)  # type: ignore[assignment]
+        self._draw(live, logits.expand(samples, -1).contiguous())
+        self._live.append(live)
+
+    def _prime_alone(self, ids: torch.Tensor) -> tuple[torch.Tensor, State]:
+        with torch.inference_mode():
+            return self._prime_together([ids])[0]
 
     def _prime_together(self, primes: list[torch.Tensor]) -> list[tuple[torch.Tensor, State]]:
         """The logits (1, V) after each of ``primes`` and the state (one row) it leaves, all read at once.

@@ -77,7 +77,7 @@ async function generate() {
   out.textContent = ""; out.classList.add("running");
   setStatus("status", "generating…");
   const started = performance.now();
-  let chars = 0;
+  let chars = 0, finished = false;
   try {
     const response = await fetch("/api/generate", { method: "POST", headers: headers(), body: JSON.stringify(generationBody()),
                                                     signal: running.signal });
@@ -95,6 +95,7 @@ async function generate() {
         const message = JSON.parse(line);
         if (message.error) { setStatus("status", message.error.message, true); continue; }
         if (message.done) {
+          finished = true;
           const reasons = message.samples.map((s) => s.finish_reason).join(", ");
           const rate = message.chars_per_sec ? `, ${Math.round(message.chars_per_sec)} chars/s` : "";
           setStatus("status", `${message.generated_chars} characters in ${message.seconds.toFixed(2)} s${rate} (${reasons})`);
@@ -102,7 +103,7 @@ async function generate() {
         }
         if (message.index === 0) { out.textContent += message.text; chars += message.text.length; }
       }
-      if (chars) setStatus("status", `generating… ${chars} characters, ${((performance.now() - started) / 1000).toFixed(1)} s`);
+      if (chars && !finished) setStatus("status", `generating… ${chars} characters, ${((performance.now() - started) / 1000).toFixed(1)} s`);
     }
   } catch (error) {
     if (error.name === "AbortError") setStatus("status", `stopped after ${chars} characters`);

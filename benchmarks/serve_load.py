@@ -8,7 +8,9 @@ that many simultaneous ``POST /api/generate`` streams of ``--length`` characters
 error). Prints, per level: characters per second per stream (after its first character) and in total
 (all characters over the round's wall time), time to the first character (median, p95), errors, and
 the server's peak RSS; then total throughput at the highest level over the single-stream figure.
-Both figures come from this one run on this machine.
+Both figures come from this one run on this machine. On a shared machine the server gets a share of
+the CPU that changes with the other programs' load, so it also prints characters per CPU second the
+server process used: a figure the others' load changes much less.
 """
 
 from __future__ import annotations
@@ -124,6 +126,29 @@ async def one_round(url: str, streams: int, length: int, time_limit: float, seed
         return results, wall
 
 
+def sampler_alone(run: Path, levels: list[int], length: int) -> dict[int, float]:
+    """Total characters per second of the BatchedSampler itself, in this process, at each level: the
+    batching without HTTP, JSON or a second process."""
+    from charlstm.generation.batching import BatchedSampler, SampleRequest
+    from charlstm.generation.generator import Generator, SamplingOptions
+    from charlstm.training.checkpoint import load
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))  # as `charlstm serve` does
+    loaded = load(run)
+    sampler = BatchedSampler(Generator(loaded.model, loaded.vocab))
+    totals = {}
+    try:
+        for streams in [1, *levels]:  # the first pass at 1 is a warm-up
+            started = time.perf_counter()
+            tickets = [sampler.submit(SampleRequest(PROMPT, length, SamplingOptions(0.8), seed=i)) for i in range(streams)]
+            while not all(ticket.done for ticket in tickets):
+                time.sleep(0.005)
+            totals[streams] = streams * length / (time.perf_counter() - started)
+    finally:
+        sampler.close()
+    return totals
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
@@ -141,6 +166,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         run = args.checkpoint or untrained_run(Path(folder), default_size())
+        alone = sampler_alone(run, levels, args.length)
+        print("the sampler alone, in this process (no HTTP): total chars/s " + ", ".join(
+            f"{alone[streams]:,.0f} at {streams}" for streams in levels)
+            + (f"; {alone[levels[-1]] / alone[1]:.1f}x at {levels[-1]} streams" if levels[0] == 1 else ""))
         process, url = start_server(run)
         try:
             model = httpx.get(f"{url}/api/models").json()["models"][0]
@@ -149,11 +178,12 @@ def main() -> None:
                   f"{args.length} characters per stream, {args.rounds} round(s) per level")
             asyncio.run(one_round(url, 1, 50, args.time_limit, 0))  # warm-up: first-use costs are not load
             print(f"{'streams':>7} {'chars/s per stream':>19} {'chars/s total':>14} {'first char median':>18} "
-                  f"{'p95':>8} {'errors':>7} {'server peak RSS':>16} {'CPU s server/client':>20}")
+                  f"{'p95':>8} {'errors':>7} {'server CPU s':>13} {'chars per server CPU s':>23} {'server peak RSS':>16}")
             totals: dict[int, float] = {}
+            per_cpu: dict[int, float] = {}
             for streams in levels:
                 results, walls = [], []
-                server_cpu, client_cpu = cpu_seconds(process.pid), time.process_time()
+                server_cpu = cpu_seconds(process.pid)
                 for round_number in range(args.rounds):
                     found, wall = asyncio.run(one_round(url, streams, args.length, args.time_limit, 1000 * round_number))
                     results += found
@@ -163,15 +193,18 @@ def main() -> None:
                 firsts = [r.first_char * 1000 for r in results if r.first_char is not None]
                 errors = [r.error for r in results if r.error]
                 totals[streams] = statistics.median(walls)
+                used = cpu_seconds(process.pid) - server_cpu
+                per_cpu[streams] = sum(r.chars for r in results) / used if used > 0 else float("nan")
                 print(f"{streams:>7} {statistics.median(rates) if rates else float('nan'):>19,.0f} {totals[streams]:>14,.0f} "
                       f"{statistics.median(firsts) if firsts else float('nan'):>15.0f} ms {percentile(firsts, 0.95) if firsts else float('nan'):>5.0f} ms "
-                      f"{len(errors):>7} {peak_rss_mb(process.pid):>13.0f} MB "
-                      f"{cpu_seconds(process.pid) - server_cpu:>11.1f} / {time.process_time() - client_cpu:.1f}")
+                      f"{len(errors):>7} {used:>13.1f} {per_cpu[streams]:>23,.0f} {peak_rss_mb(process.pid):>13.0f} MB")
                 for error in sorted(set(errors))[:3]:
                     print(f"        error: {error}")
             if len(levels) > 1 and levels[0] == 1:
                 top = levels[-1]
-                print(f"total throughput at {top} streams: {totals[top] / totals[1]:.1f}x the single-stream figure")
+                print(f"total throughput at {top} streams: {totals[top] / totals[1]:.1f}x the single-stream figure; "
+                      f"characters per server CPU second: {per_cpu[top] / per_cpu[1]:.1f}x")
+            print(f"load average during the run (other programs included): {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)")
         finally:
             process.terminate()
             process.wait(timeout=20)

@@ -310,6 +310,7 @@ class BatchedSampler:
                 except Exception as bug:  # noqa: BLE001 - a bug must end these requests, not hang them
                     self._fail_all(CharlstmError(f"generation failed ({type(bug).__name__}: {bug}); "
                                                  "this is a bug in charlstm, please report it"))
+        self._collect(block=False)
         self._fail_all(CharlstmError("the server is shutting down"))
 
     def _fail_all(self, error: CharlstmError) -> None:
@@ -344,7 +345,11 @@ class BatchedSampler:
         admitted = False
         for ticket, reading in [entry for entry in self._reading if entry[1].done()]:
             self._reading.remove((ticket, reading))
-            logits, state = reading.result()
+            try:
+                logits, state = reading.result()
+            except Exception as bug:  # noqa: BLE001 - that request fails; the others go on
+                ticket._post(error=CharlstmError(f"reading the prompt failed ({type(bug).__name__}: {bug})"))
+                continue
             self._make_live(ticket, logits, state)
             admitted = True
         taken: list[Ticket] = []

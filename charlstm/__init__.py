@@ -25,6 +25,9 @@ _PUBLIC = {
     "load": "charlstm.training.checkpoint",
     "Generator": "charlstm.generation.generator",
     "SamplingOptions": "charlstm.generation.generator",
+    "GenerationRequest": "charlstm.generation.controls",
+    "SampleResult": "charlstm.generation.controls",
+    "TextDelta": "charlstm.generation.controls",
 }
 
 __all__ = sorted([*_PUBLIC, "__version__"])

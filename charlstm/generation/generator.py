@@ -7,47 +7,33 @@ and hands it back, which is what lets the REPL continue a conversation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+import math
+import secrets
+import time
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from ..base.errors import CharlstmError
 from ..base.runtime import Precision, resolve_precision
 from ..data.corpus import UnknownPolicy, Vocab
 from ..model.network import CharLSTM, State
 from ..model.stepper import LSTMStepper, ModelStepper, Stepper, forward_last
+from .controls import (
+    CharLogprob,
+    FinishReason,
+    GenerationRequest,
+    SampleResult,
+    SamplingOptions,
+    StopMatcher,
+    TextDelta,
+)
+
+__all__ = ["Generator", "InPlaceDraw", "SamplingOptions", "pick_next", "preview_text"]
 
 # Characters read in one forward call: a megabyte-long prime in one call fails inside oneDNN.
 PRIME_CHUNK = 16384
-# Below this temperature logits / T overflows float32 and the draw would be NaN-driven, not greedy.
-GREEDY_BELOW = 1e-6
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """How the next character is drawn from the model's distribution.
-
-    ``temperature`` 0 means greedy (always the most likely character);
-    ``top_k`` and ``top_p`` cut the tail of the distribution before drawing.
-    """
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-
-    @property
-    def greedy(self) -> bool:
-        """Temperatures this small are greedy in all but rounding: dividing by them overflows to inf."""
-        return self.temperature < GREEDY_BELOW
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.temperature <= 100.0:
-            raise CharlstmError(f"temperature must be between 0 and 100, not {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise CharlstmError(f"top-k must be at least 1, not {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise CharlstmError(f"top-p must be in (0, 1], not {self.top_p}")
 
 
 def pick_next(logits: torch.Tensor, options: SamplingOptions, rng: torch.Generator | None) -> torch.Tensor:
@@ -66,6 +52,8 @@ def pick_next(logits: torch.Tensor, options: SamplingOptions, rng: torch.Generat
         drop[..., 0] = False  # a top_p below float32's smallest number compares as 0
         ordered = ordered.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered)
+    if options.min_p is not None and options.min_p > 0.0:
+        scores = scores.masked_fill(scores < scores.amax(dim=-1, keepdim=True) + math.log(options.min_p), float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
 
@@ -76,8 +64,10 @@ class InPlaceDraw:
     ``torch.multinomial`` draws one sample as the argmax of p / E with E ~ Exp(1)
     per character (the exponential race). In logs that is the argmax of
     logits / T - log E: no softmax, the same random numbers from ``rng``, so the
-    same characters as ``pick_next`` up to float rounding. Top-k and top-p cuts
-    go through ``pick_next`` itself. The id ``never`` (if any) is never drawn.
+    same characters as ``pick_next`` up to float rounding. A min-p cut is one
+    in-place mask; top-k and top-p cuts go through ``pick_next`` itself. The id
+    ``never`` (if any) is never drawn. Fewer rows than ``num_streams`` (streams
+    that finished) use the first rows of the buffers.
     """
 
     def __init__(
@@ -90,18 +80,79 @@ class InPlaceDraw:
         self.noise = torch.empty(num_streams, vocab_size)
         self.ids = torch.empty(num_streams, dtype=torch.long)
         self.plain = options.top_k is None and (options.top_p is None or options.top_p >= 1.0)
+        self.log_min_p = math.log(options.min_p) if options.min_p else None
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Ids (N,) drawn from CPU logits (N, V), which it may change; the result is a buffer the next draw overwrites."""
+        rows = logits.shape[0]
         if self.never is not None:
             logits[:, self.never] = float("-inf")
         if self.options.greedy:
-            return torch.argmax(logits, dim=-1, out=self.ids)
+            return torch.argmax(logits, dim=-1, out=self.ids[:rows])
         if not self.plain:
             return pick_next(logits, self.options, self.rng)
-        torch.div(logits, self.options.temperature, out=self.scores)
-        self.scores.sub_(self.noise.exponential_(generator=self.rng).log_())
-        return torch.argmax(self.scores, dim=-1, out=self.ids)
+        scores, noise = self.scores[:rows], self.noise[:rows]
+        torch.div(logits, self.options.temperature, out=scores)
+        if self.log_min_p is not None:
+            floor = scores.amax(dim=-1, keepdim=True).add_(self.log_min_p)
+            scores.masked_fill_(scores < floor, float("-inf"))
+        scores.sub_(noise.exponential_(generator=self.rng).log_())
+        return torch.argmax(scores, dim=-1, out=self.ids[:rows])
+
+
+def _room(buffer: torch.Tensor, step: int) -> torch.Tensor:
+    """``buffer`` (samples, steps, ...) with a column for ``step``: doubled when full, so growth costs O(length) in all."""
+    if step < buffer.shape[1]:
+        return buffer
+    grown = buffer.new_zeros(buffer.shape[0], 2 * buffer.shape[1], *buffer.shape[2:])
+    grown[:, : buffer.shape[1]] = buffer
+    return grown
+
+
+class _Book:
+    """What every sample of a request has drawn so far, by step: ids and, when asked, log-probabilities.
+
+    Rows of the batch come and go as samples finish; ``alive`` maps each row to its sample.
+    """
+
+    def __init__(self, vocab: Vocab, samples: int, length: int, logprobs: int | None):
+        self.vocab = vocab
+        first = min(length, 256)
+        self.ids = torch.zeros(samples, first, dtype=torch.int32)
+        self.top_k = logprobs
+        if logprobs is not None:
+            self.chosen = torch.zeros(samples, first)
+            self.top_values = torch.zeros(samples, first, logprobs)
+            self.top_ids = torch.zeros(samples, first, logprobs, dtype=torch.int32)
+
+    def write(self, alive: torch.Tensor, step: int, ids: torch.Tensor, logprobs: torch.Tensor | None) -> None:
+        self.ids = _room(self.ids, step)
+        self.ids[alive, step] = ids.to(torch.int32)
+        if logprobs is None or self.top_k is None:
+            return
+        self.chosen = _room(self.chosen, step)
+        self.chosen[alive, step] = logprobs.gather(1, ids.unsqueeze(1)).squeeze(1)
+        if self.top_k:
+            self.top_values, self.top_ids = _room(self.top_values, step), _room(self.top_ids, step)
+            values, indices = torch.topk(logprobs, self.top_k, dim=-1)
+            self.top_values[alive, step] = values
+            self.top_ids[alive, step] = indices.to(torch.int32)
+
+    def text(self, sample: int, start: int, end: int) -> str:
+        return self.vocab.decode(self.ids[sample, start:end].numpy())
+
+    def logprobs(self, sample: int, start: int, end: int) -> tuple[CharLogprob, ...] | None:
+        if self.top_k is None:
+            return None
+        chars = self.vocab.chars
+        ids = self.ids[sample, start:end].tolist()
+        chosen = self.chosen[sample, start:end].tolist()
+        top_values = self.top_values[sample, start:end].tolist() if self.top_k else [[]] * len(ids)
+        top_ids = self.top_ids[sample, start:end].tolist() if self.top_k else [[]] * len(ids)
+        return tuple(
+            CharLogprob(chars[i], value, tuple((chars[t], v) for t, v in zip(tids, tvalues)))
+            for i, value, tids, tvalues in zip(ids, chosen, top_ids, top_values)
+        )
 
 
 class Generator:
@@ -264,6 +315,116 @@ class Generator:
             return stepper.step(ids.to(self.device)).clone(), stepper.state()
         finally:
             self._release_stepper(stepper)
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse what this model cannot honour (a top-k or logprobs wider than its vocabulary) before any work."""
+        size = len(self.vocab)
+        top_k = request.sampling.top_k
+        if top_k is not None and top_k > size:
+            raise CharlstmError(f"top-k {top_k} is larger than the vocabulary ({size} characters); use at most {size}")
+        if request.logprobs is not None and request.logprobs > size:
+            raise CharlstmError(f"logprobs {request.logprobs} is larger than the vocabulary ({size} characters); use at most {size}")
+
+    def complete(self, request: GenerationRequest, clock: Callable[[], float] = time.perf_counter) -> list[SampleResult]:
+        """Every sample of ``request``, finished, in sample order."""
+        results = [event for event in self.run(request, deltas=False, clock=clock) if isinstance(event, SampleResult)]
+        return sorted(results, key=lambda result: result.index)
+
+    @torch.inference_mode()
+    def run(
+        self,
+        request: GenerationRequest,
+        state: State | None = None,
+        deltas: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> Iterator[TextDelta | SampleResult]:
+        """Generate ``request``: :class:`TextDelta` pieces as text becomes final, and each sample's
+        :class:`SampleResult` when it ends (samples end on their own; the rest go on).
+
+        The batch shrinks as samples finish: their rows leave the stepper, so a finished sample costs
+        nothing. Text that might be the beginning of a left-out stop string is held back until it is
+        not, so the deltas of a sample always add up to its result's text. ``deltas=False`` skips
+        them (for callers that want only the results). ``state`` continues from a state instead of
+        priming from a fresh one.
+        """
+        self.check_request(request)
+        started = clock()
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**63)
+        samples, vocab = request.num_samples, self.vocab
+        rng = torch.Generator(device="cpu").manual_seed(seed)
+        # The unknown symbol stands for characters too rare to learn: never write it.
+        unknown_id = vocab.unknown_id if len(vocab) > 1 else None
+        draw = InPlaceDraw(request.sampling, samples, len(vocab), rng, never=unknown_id)
+        prime_chars = len(self.encode_prime(request.prime, request.unknown))
+        logits, state = self.prime(request.prime, samples, request.unknown, state)
+        prime_seconds = clock() - started
+        book = _Book(vocab, samples, request.length, request.logprobs)
+        matcher = StopMatcher(request.stop, vocab)
+        stop_states = matcher.start(samples)
+        hold = matcher.depth if request.holds_back else None
+        newline = vocab.chars.index("\n") if request.lines is not None and "\n" in vocab else None
+        lines_left = torch.full((samples,), request.lines or 0)
+        alive = torch.arange(samples)
+        shown = [0] * samples  # characters of each sample already handed out as deltas
+        stepper: Stepper | None = None
+        ids = torch.zeros(samples, dtype=torch.long)  # what the last step drew, fed by the next
+        try:
+            for step in range(request.length):
+                if step:
+                    if stepper is None:  # built only once a second character is needed
+                        stepper = self._take_stepper(samples)
+                        stepper.load_state(state)
+                    logits = stepper.step(ids.to(self.device))
+                logits = logits.cpu()
+                logprobs = F.log_softmax(logits, dim=-1) if request.logprobs is not None else None
+                ids = draw(logits)
+                book.write(alive, step, ids, logprobs)
+                ends = torch.zeros(len(ids), dtype=torch.bool) if step + 1 < request.length else torch.ones(len(ids), dtype=torch.bool)
+                matched = None
+                if matcher.active:
+                    stop_states = matcher.advance(stop_states, ids)
+                    matched = matcher.matched[stop_states]
+                    ends |= matched > 0
+                if newline is not None:
+                    lines_left -= (ids == newline).long()
+                    ends |= lines_left == 0
+                if deltas:
+                    held = hold[stop_states] if hold is not None else None
+                    for row, sample in enumerate(alive.tolist()):
+                        safe = step + 1 - (int(held[row]) if held is not None else 0)
+                        if safe > shown[sample] and not ends[row]:
+                            yield TextDelta(sample, book.text(sample, shown[sample], safe), book.logprobs(sample, shown[sample], safe))
+                            shown[sample] = safe
+                if not bool(ends.any()):
+                    continue
+                now = clock()
+                for row in ends.nonzero().squeeze(1).tolist():
+                    sample = int(alive[row])
+                    reason: FinishReason = "length"
+                    cut, stop_text = 0, None
+                    if matched is not None and matched[row] > 0:
+                        reason, cut = "stop", int(matched[row])
+                        stop_text = book.text(sample, step + 1 - cut, step + 1)
+                    elif newline is not None and lines_left[row] == 0:
+                        reason, cut = "lines", 1
+                    end = step + 1 - (0 if request.keep_stop else cut)
+                    if deltas and end > shown[sample]:
+                        yield TextDelta(sample, book.text(sample, shown[sample], end), book.logprobs(sample, shown[sample], end))
+                    yield SampleResult(sample, book.text(sample, 0, end), reason, step + 1, seed, prime_chars,
+                                       prime_seconds, now - started, book.logprobs(sample, 0, end), stop_text)
+                going = (~ends).nonzero().squeeze(1)
+                if len(going) == 0:
+                    break
+                alive, ids = alive[going], ids[going]
+                stop_states, lines_left = stop_states[going], lines_left[going]
+                if stepper is None:
+                    state = tuple(part.index_select(1, going.to(part.device)) for part in state)
+                    logits = logits[going]
+                else:
+                    stepper.keep_rows(going.to(self.device))
+        finally:
+            if stepper is not None:
+                self._release_stepper(stepper)
 
     def generate(
         self,

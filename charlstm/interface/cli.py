@@ -362,41 +362,72 @@ ECHO_SECONDS = 2.0
 
 @cli.command()
 @checkpoint_option
-@click.option("--prime", default="", help="Text to start from; the sample continues it.")
-@click.option("--length", type=click.IntRange(min=1), default=500, show_default=True, help="Characters to generate.")
+@click.option("--prime", default="", help="Text to start from; the sample continues it. '-' reads it from standard input.")
+@click.option("--prime-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the text to start from from this file (long ones are read at the model's sequence speed).")
+@click.option("--length", type=click.IntRange(1, 10_000_000), default=500, show_default=True, help="Characters to generate at most (a stop or --lines may end a sample sooner).")
+@click.option("--stop", multiple=True, help=r"End a sample where it writes this string (escapes such as \n\n work); repeatable. Left out of the text unless --keep-stop.")
+@click.option("--keep-stop", is_flag=True, help="Keep the stop string (or the last newline of --lines) at the end of the text.")
+@click.option("--lines", type=click.IntRange(min=1), help="End a sample after this many newlines (one line per item: --lines 1).")
 @click.option("--temp", "temperature", type=FiniteFloatRange(0, 100), default=1.0, show_default=True, help="Sampling temperature; 0 is greedy.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k most likely characters.")
 @click.option("--top-p", type=FiniteFloatRange(0, 1, min_open=True), help="Draw only from the smallest set of characters whose probability reaches p.")
-@click.option("--seed", type=SEED, help="Random seed: the same seed gives the same text.")
-@click.option("-n", "--num-samples", type=click.IntRange(1, 4096), default=1, show_default=True, help="Number of samples, drawn as one batch.")
+@click.option("--min-p", type=FiniteFloatRange(0, 1), help="Draw only from characters at least this many times as probable as the likeliest one.")
+@click.option("--seed", type=SEED, help="Random seed: the same seed gives the same text (with or without --json).")
+@click.option("-n", "--num-samples", type=click.IntRange(1, 4096), default=1, show_default=True, help="Number of samples, drawn as one batch; each ends on its own.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample: text, finish_reason, characters, seed, checkpoint, timing.")
+@click.option("--logprobs", type=click.IntRange(0, 20), help="With --json: each character's log-probability and the K likeliest alternatives with theirs.")
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
 @which_option
 @device_option("cpu")
 @precision_option(PRECISIONS, "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
-def sample(checkpoint: Path | None, prime: str, length: int, temperature: float, top_k: int | None,
-           top_p: float | None, seed: int | None, num_samples: int, unknown: str, which: str, device: str,
-           precision: str) -> None:
+def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length: int, stop: tuple[str, ...],
+           keep_stop: bool, lines: int | None, temperature: float, top_k: int | None, top_p: float | None,
+           min_p: float | None, seed: int | None, num_samples: int, as_json: bool, logprobs: int | None,
+           unknown: str, which: str, device: str, precision: str) -> None:
     """Generate text from a trained model and stream it to stdout."""
+    import dataclasses
+    import itertools
+
     from ..base.runtime import resolve_device
-    from ..generation.generator import Generator, SamplingOptions
+    from ..generation.controls import (
+        GenerationRequest,
+        SamplingOptions,
+        TextDelta,
+        read_prime,
+    )
+    from ..generation.generator import Generator
+    from ..generation.session import unescape
     from ..training.checkpoint import load
 
+    if prime_file is not None and prime:
+        raise click.UsageError("give --prime or --prime-file, not both")
+    if logprobs is not None and not as_json:
+        raise click.UsageError("--logprobs is printed with --json; add --json")
+    request = GenerationRequest(
+        prime, length, SamplingOptions(temperature, top_k, top_p, min_p), num_samples, seed, unknown,  # type: ignore[arg-type]
+        tuple(unescape(s) for s in stop), keep_stop, lines, logprobs,
+    )
     loaded = load(checkpoint, device=resolve_device(device), prefer=which)
     generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]
-    shown_prime = prime if unknown == "error" else loaded.vocab.decode(loaded.vocab.encode(prime, unknown))  # type: ignore[arg-type]
+    generator.check_request(request)
+    if prime_file is not None or prime == "-":
+        text = read_prime(path=prime_file) if prime_file is not None else read_prime(sys.stdin.buffer.read())
+        request = dataclasses.replace(request, prime=text)
+    shown_prime = request.prime if unknown == "error" else loaded.vocab.decode(loaded.vocab.encode(request.prime, unknown))  # type: ignore[arg-type]
+    if as_json:
+        for result in generator.complete(request):
+            console.write_json_line({**result.to_dict(), "checkpoint": str(loaded.path)})
+        return
     if num_samples == 1:
-        stream = generator.stream(prime, length, SamplingOptions(temperature, top_k, top_p), 1, seed, unknown)  # type: ignore[arg-type]
-        first = next(stream, None)  # validates the prime before anything is printed
+        events = generator.run(request)
+        first = next(events, None)  # validates the prime before anything is printed
         console.write_text(shown_prime)
-        if first is not None:
-            console.write_text(first[0])
-        for chars in stream:
-            console.write_text(chars[0])
+        for event in itertools.chain([first], events):
+            if isinstance(event, TextDelta):
+                console.write_text(event.text)
         console.write_text("\n")
         return
-    console.print_samples(generator.generate(prime, length, temperature, top_k, top_p, num_samples, seed, unknown), shown_prime)  # type: ignore[arg-type]
-
-
+    console.print_samples([result.text for result in generator.complete(request)], shown_prime)
 
 
 def _text_argument(text: str | None, file: Path | None) -> str:

@@ -63,7 +63,10 @@ def bf16_linear(weight: torch.Tensor, batch_size: int) -> MatVec:
     """
     weight = weight.to(torch.bfloat16).contiguous()
     if _can_prepack(weight.device):
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_size)
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_size)
+        except RuntimeError:  # oneDNN packs bf16 only on CPUs with AVX512 or AVX-NE-CONVERT
+            return lambda x: F.linear(x, weight)
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
     return lambda x: F.linear(x, weight)
 
@@ -76,6 +79,7 @@ class Stepper(Protocol):
     def load_state(self, state: State) -> None: ...
     def state(self) -> State: ...
     def step(self, ids: torch.Tensor) -> torch.Tensor: ...
+    def keep_rows(self, rows: torch.Tensor) -> None: ...
 
 
 def forward_last(model: CharLSTM, ids: torch.Tensor, state: State | None, precision: str) -> tuple[torch.Tensor, State]:
@@ -103,6 +107,10 @@ class ModelStepper:
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         logits, self._state = forward_last(self.model, ids.unsqueeze(1), self._state, self.precision)
         return logits
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Go on with only these rows (indices into the current ones, in this order)."""
+        self._state = tuple(s.index_select(1, rows) for s in self._state)
 
 
 class LSTMStepper:
@@ -150,11 +158,22 @@ class LSTMStepper:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
         # Layer l reads [h of layer l-1 at this step | its own h from the last step]; layer 0 only its own h.
-        self.inputs = [buffer(batch_size, hidden if layer == 0 else 2 * hidden, dtype=compute) for layer in range(layers)]
-        self.h = buffer(layers, batch_size, hidden)
-        self.c = buffer(layers, batch_size, hidden)
-        self.tanh_c = buffer(batch_size, hidden)
-        self.logits = buffer(batch_size, config.vocab_size)
+        self.full_inputs = [buffer(batch_size, hidden if layer == 0 else 2 * hidden, dtype=compute) for layer in range(layers)]
+        self.full_h = buffer(layers, batch_size, hidden)
+        self.full_c = buffer(layers, batch_size, hidden)
+        self.full_tanh_c = buffer(batch_size, hidden)
+        self.full_logits = buffer(batch_size, config.vocab_size)
+        self.full_gates = self.gates
+        self._bind(batch_size)
+
+    def _bind(self, rows: int) -> None:
+        """Point every working view at the first ``rows`` rows of the buffers: finished streams cost nothing."""
+        hidden = self.full_h.shape[-1]
+        self.rows = rows
+        self.gates = self.full_gates[:rows]
+        self.inputs = [x[:rows] for x in self.full_inputs]
+        self.h, self.c = self.full_h[:, :rows], self.full_c[:, :rows]
+        self.tanh_c, self.logits = self.full_tanh_c[:rows], self.full_logits[:rows]
         self.i, self.f, self.g, self.o = self.gates.split(hidden, dim=1)
         own_h = [x[:, -hidden:] for x in self.inputs]
         next_input: list[torch.Tensor | None] = [x[:, :hidden] for x in self.inputs[1:]] + [None]
@@ -162,31 +181,35 @@ class LSTMStepper:
 
     def _into_gates(self, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype) -> Callable[[torch.Tensor], object]:
         """``x @ weight.T + bias`` into the gate buffer; with no bias, added to what is there (layer 0's table rows)."""
-        gates = self.gates
         if compute == torch.bfloat16:
             product = bf16_linear(weight, self.batch_size)
             if bias is None:
-                return lambda x: gates.add_(product(x))
-            return lambda x: torch.add(bias, product(x), out=gates)
+                return lambda x: self.gates.add_(product(x))
+            return lambda x: torch.add(bias, product(x), out=self.gates)
         weight_t = weight.t()
         if bias is None:
-            return lambda x: gates.addmm_(x, weight_t)
-        return lambda x: torch.addmm(bias, x, weight_t, out=gates)
+            return lambda x: self.gates.addmm_(x, weight_t)
+        return lambda x: torch.addmm(bias, x, weight_t, out=self.gates)
 
     def load_state(self, state: State) -> None:
-        """Start from ``state`` ((h, c), each layers x batch x hidden)."""
+        """Start from ``state`` ((h, c), each layers x rows x hidden, rows up to the batch size)."""
         h, c = state
+        self._bind(h.shape[1])
         self.h.copy_(h)
         self.c.copy_(c)
         for *_, h, own_h, _ in self.layers:
             own_h.copy_(h)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Go on with only these rows (indices into the current ones, in this order), moved to the front."""
+        self.load_state(tuple(s.index_select(1, rows) for s in self.state()))
 
     def state(self) -> State:
         """A copy of the current (h, c), in the layout ``CharLSTM.forward`` takes."""
         return (self.h.clone(), self.c.clone())
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        """Feed one character per stream (ids, shape (batch,)); the logits (batch, vocab) of the next."""
+        """Feed one character per stream (ids, shape (rows,)); the logits (rows, vocab) of the next."""
         torch.index_select(self.input_table, 0, ids, out=self.gates)
         for into_gates, x, c, h, own_h, next_input in self.layers:
             into_gates(x)

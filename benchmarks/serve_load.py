@@ -129,8 +129,9 @@ async def one_round(url: str, streams: int, length: int, time_limit: float, seed
 def sampler_alone(run: Path, levels: list[int], length: int) -> dict[int, float]:
     """Total characters per second of the BatchedSampler itself, in this process, at each level: the
     batching without HTTP, JSON or a second process."""
-    from charlstm.generation.batching import BatchedSampler, SampleRequest
-    from charlstm.generation.generator import Generator, SamplingOptions
+    from charlstm.generation.batching import BatchedSampler
+    from charlstm.generation.controls import GenerationRequest, SamplingOptions
+    from charlstm.generation.generator import Generator
     from charlstm.training.checkpoint import load
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))  # as `charlstm serve` does
@@ -140,7 +141,7 @@ def sampler_alone(run: Path, levels: list[int], length: int) -> dict[int, float]
     try:
         for streams in [1, *levels]:  # the first pass at 1 is a warm-up
             started = time.perf_counter()
-            tickets = [sampler.submit(SampleRequest(PROMPT, length, SamplingOptions(0.8), seed=i)) for i in range(streams)]
+            tickets = [sampler.submit(GenerationRequest(PROMPT, length, SamplingOptions(0.8), seed=i)) for i in range(streams)]
             while not all(ticket.done for ticket in tickets):
                 time.sleep(0.005)
             totals[streams] = streams * length / (time.perf_counter() - started)

@@ -26,8 +26,9 @@ with warnings.catch_warnings():  # Starlette 1.x suggests httpx2 for its test cl
 from conftest import main_outcome
 
 from charlstm.analysis.scoring import surprisal
-from charlstm.generation.batching import BatchedSampler, SampleRequest
-from charlstm.generation.generator import Generator, SamplingOptions
+from charlstm.generation.batching import BatchedSampler
+from charlstm.generation.controls import GenerationRequest, SamplingOptions
+from charlstm.generation.generator import Generator
 from charlstm.interface import server
 from charlstm.training.checkpoint import load
 
@@ -65,7 +66,9 @@ def test_generate_streams_ndjson_pieces_then_a_summary_line(client: TestClient):
     *pieces, last = ndjson(response.text)
     assert pieces and all(set(piece) == {"index", "text"} for piece in pieces)
     assert last["done"] is True and last["model"] == "tiny" and last["generated_chars"] == 120
-    assert last["samples"] == [{"index": 0, "finish_reason": "length", "chars": 120}] and last["prompt_chars"] == 7
+    (sample,) = last["samples"]
+    assert sample["finish_reason"] == "length" and sample["chars"] == sample["generated"] == 120 and sample["seed"] == 3
+    assert last["prompt_chars"] == 7
     assert len("".join(piece["text"] for piece in pieces)) == 120
 
 
@@ -90,12 +93,28 @@ def test_a_stop_string_ends_the_sample_and_is_left_out(client: TestClient):
     assert "".join(p.get("text", "") for p in streamed[:-1]) == sample["text"]
 
 
+def test_min_p_lines_and_keep_stop_reach_the_draw(client: TestClient, trained_run: Path):
+    loaded = load(trained_run)
+    body = {"prompt": "The cat", "length": 300, "seed": 6, "min_p": 0.2, "stream": False}
+    (sample,) = client.post("/api/generate", json=body).json()["samples"]
+    request = GenerationRequest("The cat", 300, SamplingOptions(min_p=0.2), seed=6)
+    assert sample["text"] == Generator(loaded.model, loaded.vocab).complete(request)[0].text
+    lines = {"prompt": "The cat", "length": 2000, "seed": 6, "lines": 2, "stream": False}
+    two_lines = client.post("/api/generate", json=lines).json()["samples"][0]
+    assert two_lines["finish_reason"] == "lines" and two_lines["text"].count("\n") == 1
+    request = GenerationRequest("The cat", 2000, seed=6, lines=2)
+    assert two_lines["text"] == Generator(loaded.model, loaded.vocab).complete(request)[0].text
+    kept = client.post("/api/generate", json={**body, "stop": " ", "keep_stop": True}).json()["samples"][0]
+    assert kept["finish_reason"] == "stop" and kept["text"].endswith(" ") and kept["stop"] == " "
+
+
 def test_logprobs_give_each_characters_log_probability_and_the_top_k(client: TestClient):
     body = {"prompt": "The cat", "length": 30, "seed": 2, "logprobs": 3, "stream": False}
     (sample,) = client.post("/api/generate", json=body).json()["samples"]
     assert [entry["char"] for entry in sample["logprobs"]] == list(sample["text"])
     for entry in sample["logprobs"]:
-        assert len(entry["top"]) == 3 and entry["logprob"] <= max(entry["top"].values()) + 1e-6 <= 1e-6
+        best = max(top["logprob"] for top in entry["top"])
+        assert len(entry["top"]) == 3 and entry["logprob"] <= best + 1e-6 <= 1e-6
 
 
 def test_v1_completions_answers_in_openai_shape(client: TestClient):
@@ -137,6 +156,9 @@ REFUSALS = [
     ("/api/generate", {"stream": "yes"}, 422, "stream must be true or false"),
     ("/api/generate", {"stop": [""]}, 422, "stop must be a non-empty string"),
     ("/api/generate", {"unknown": "drop"}, 422, "unknown must be one of error, skip, replace"),
+    ("/api/generate", {"min_p": 1.5}, 422, "min_p must be at least 0 and at most 1"),
+    ("/api/generate", {"lines": 0}, 422, "lines must be at least 1"),
+    ("/api/generate", {"seed": -1}, 422, "seed must be at least 0"),
     ("/api/generate", {"lenght": 10}, 422, 'unknown field(s) "lenght"'),
     ("/api/generate", {"prompt": "Zzyzx"}, 422, "never saw: 'Z', 'x', 'y', 'z'"),
     ("/api/generate", {"prompt": "x" * 20_000}, 413, "over this server's limit of 10,000 bytes"),
@@ -201,9 +223,9 @@ def test_concurrent_requests_are_stepped_as_one_batch_and_a_long_one_stalls_no_o
     loaded = load(trained_run)
     sampler = BatchedSampler(Generator(loaded.model, loaded.vocab))
     try:
-        long = sampler.submit(SampleRequest("The", 1_000_000, seed=1))
+        long = sampler.submit(GenerationRequest("The", 1_000_000, seed=1))
         wait_for(lambda: long.steps > 0)
-        short = [sampler.submit(SampleRequest("A cat", 300, SamplingOptions(0.7), num_samples=2, seed=i)) for i in range(6)]
+        short = [sampler.submit(GenerationRequest("A cat", 300, SamplingOptions(0.7), num_samples=2, seed=i)) for i in range(6)]
         wait_for(lambda: all(ticket.done for ticket in short))
         assert not long.done  # the short ones finished beside it
         assert all(ticket.outcome.generated_chars == 600 for ticket in short)
@@ -221,11 +243,11 @@ def test_a_request_draws_the_same_text_whoever_else_is_served(trained_run: Path)
     greedy request drawing on their own: each text is what Generator.generate gives that request alone."""
     loaded = load(trained_run)
     alone = Generator(loaded.model, loaded.vocab)
-    requests = [SampleRequest("The cat sat", 150, SamplingOptions(0.8), 2, seed=1),
-                SampleRequest("", 150, SamplingOptions(1.3), 1, seed=2),
-                SampleRequest("A dog", 120, SamplingOptions(1.0, top_k=4), 1, seed=3),
-                SampleRequest("Her red ball and we", 100, SamplingOptions(0.0), 1, seed=4),
-                SampleRequest("The cat sat", 90, SamplingOptions(0.5), 3, seed=5)]
+    requests = [GenerationRequest("The cat sat", 150, SamplingOptions(0.8), 2, seed=1),
+                GenerationRequest("", 150, SamplingOptions(1.3), 1, seed=2),
+                GenerationRequest("A dog", 120, SamplingOptions(1.0, top_k=4), 1, seed=3),
+                GenerationRequest("Her red ball and we", 100, SamplingOptions(0.0), 1, seed=4),
+                GenerationRequest("The cat sat", 90, SamplingOptions(0.5), 3, seed=5)]
     sampler = BatchedSampler(Generator(loaded.model, loaded.vocab))
     try:
         tickets = [sampler.submit(request) for request in requests]
@@ -233,7 +255,7 @@ def test_a_request_draws_the_same_text_whoever_else_is_served(trained_run: Path)
     finally:
         sampler.close()
     for request, ticket in zip(requests, tickets):
-        options = request.options
+        options = request.sampling
         expected = alone.generate(request.prime, request.length, options.temperature, options.top_k, options.top_p,
                                   request.num_samples, request.seed)
         assert [sample.text for sample in ticket.outcome.samples] == expected
@@ -252,9 +274,9 @@ def test_a_long_prime_is_read_beside_the_streams_already_running(trained_run: Pa
     sampler._prime_alone = held_read
     long_prime = "The cat sat on the mat. " * 200
     try:
-        running = sampler.submit(SampleRequest("The", 1_000_000, seed=1))
+        running = sampler.submit(GenerationRequest("The", 1_000_000, seed=1))
         wait_for(lambda: running.steps > 0)
-        reading = sampler.submit(SampleRequest(long_prime, 50, seed=2))
+        reading = sampler.submit(GenerationRequest(long_prime, 50, seed=2))
         wait_for(lambda: sampler._reading)
         during = running.steps
         wait_for(lambda: running.steps > during + 100)  # the running stream goes on while the prime is read

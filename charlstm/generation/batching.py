@@ -9,7 +9,11 @@ stepper whose rows are the samples of every live request; each step feeds all
 of them, and each request then draws its own characters from its rows of the
 logits with its own options and its own random generator (the draw
 ``charlstm sample`` makes, :class:`InPlaceDraw`), so a seeded request alone on
-the server gets exactly the text ``charlstm sample --seed`` prints.
+the server gets exactly the text ``charlstm sample --seed`` prints. A request is a
+:class:`GenerationRequest` and ends as :meth:`Generator.run` ends one: stop strings
+(:class:`StopMatcher`, held back while they may still match), a line count, the
+length bound, each sample's :class:`SampleResult`; and "cancelled" when its client
+went away.
 
 Requests join and leave between steps; a request that is cancelled (its
 client went away, or pressed stop) leaves at the next step, so no work is done
@@ -26,159 +30,104 @@ from __future__ import annotations
 
 import math
 import queue
+import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable, Literal
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..base.errors import CharlstmError
 from ..base.runtime import ThreadGovernor
-from ..data.corpus import UnknownPolicy
 from ..model.network import State
 from ..model.stepper import LSTMStepper, ModelStepper, Stepper, forward_last
-from .generator import PRIME_CHUNK, Generator, InPlaceDraw, SamplingOptions
+from .controls import (
+    CharLogprob,
+    GenerationRequest,
+    SampleResult,
+    StopMatcher,
+    TextDelta,
+)
+from .generator import PRIME_CHUNK, Generator, InPlaceDraw
 
-FinishReason = Literal["length", "stop", "cancelled"]
+# A request whose client went away ends its samples with this reason (nobody reads it but the server's log).
+CANCELLED = "cancelled"
 
 # Primes longer than this (in characters) are read beside the stepping instead of between two steps.
 LONG_PRIME = 256
 
 
-@dataclass(frozen=True)
-class SampleRequest:
-    """One request: ``num_samples`` continuations of ``prime``, each at most ``length`` characters.
-
-    A continuation ends early, with finish reason ``stop``, once it ends with one of
-    ``stop``; the stop string itself is not part of its text. ``logprobs`` K asks for
-    each drawn character's log-probability under the model (in nats, before
-    temperature) and the K most likely characters at that step (K may be 0).
-    """
-
-    prime: str = ""
-    length: int = 500
-    options: SamplingOptions = SamplingOptions()
-    num_samples: int = 1
-    seed: int | None = None
-    unknown: UnknownPolicy = "error"
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.length < 1:
-            raise CharlstmError(f"length must be at least 1, not {self.length}")
-        if self.num_samples < 1:
-            raise CharlstmError(f"the number of samples must be at least 1, not {self.num_samples}")
-        if any(not stop for stop in self.stop):
-            raise CharlstmError("a stop string cannot be empty")
-        if self.logprobs is not None and self.logprobs < 0:
-            raise CharlstmError(f"logprobs must be at least 0, not {self.logprobs}")
-
-
-@dataclass(frozen=True)
-class CharLogprob:
-    """A drawn character, its log-probability (nats) and the most likely characters at that step."""
-
-    char: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass
-class Drawn:
-    """The characters one sample released since the waiter last looked (stop-string prefixes held back)."""
-
-    index: int
-    text: str
-    logprobs: list[CharLogprob] = field(default_factory=list)
-
-
-@dataclass
-class SampleOutcome:
-    index: int
-    text: str
-    finish_reason: FinishReason
-    chars: int  # characters in ``text`` (a stop string that ended it is not counted)
-    logprobs: list[CharLogprob] = field(default_factory=list)
-
-
 @dataclass
 class Outcome:
-    """How a request ended: every sample's whole text, why it ended, and the request's timing."""
+    """How a request ended: every sample's :class:`SampleResult` (in sample order) and the request's timing.
 
-    samples: list[SampleOutcome]
+    A cancelled request's samples end with finish reason ``"cancelled"``.
+    """
+
+    samples: list[SampleResult]
     prime_chars: int
     seconds: float
     first_char_seconds: float | None
 
     @property
     def generated_chars(self) -> int:
-        return sum(sample.chars for sample in self.samples)
+        return sum(sample.characters for sample in self.samples)
 
 
 class _SampleText:
-    """One continuation as it grows: releases text only once no stop string could still begin in it."""
+    """One sample as it grows: its characters (and log-probabilities), what was handed out, how it ended."""
 
-    def __init__(self, index: int, stops: tuple[str, ...], logprobs: bool):
+    def __init__(self, index: int, logprobs: bool, lines: int | None):
         self.index = index
-        self.stops = stops
         self.chars: list[str] = []
         self.logprobs: list[CharLogprob] | None = [] if logprobs else None
-        self.released = 0
-        self.finish: FinishReason | None = None
-        self.tail = ""  # the last characters, as long as the longest stop string
-        self.tail_size = max((len(stop) for stop in stops), default=0)
+        self.shown = 0
+        self.end: int | None = None  # where its text ends, once it has ended
+        self.finish: str | None = None
+        self.stop: str | None = None
+        self.lines_left = lines
 
     def add(self, char: str, logprob: CharLogprob | None) -> None:
         self.chars.append(char)
         if self.logprobs is not None and logprob is not None:
             self.logprobs.append(logprob)
-        if not self.stops:
-            return
-        self.tail = (self.tail + char)[-self.tail_size :]
-        for stop in self.stops:
-            if self.tail.endswith(stop):
-                del self.chars[len(self.chars) - len(stop) :]
-                if self.logprobs is not None:
-                    del self.logprobs[len(self.chars) :]
-                self.finish = "stop"
-                return
 
-    def _held_back(self) -> int:
-        """How many of the last characters might be the start of a stop string."""
-        held = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(self.tail)), held, -1):
-                if self.tail.endswith(stop[:size]):
-                    held = size
-                    break
-        return held
+    def finish_with(self, reason: str, cut: int, keep: bool) -> None:
+        """End here; the last ``cut`` characters (a stop string, the last newline) are left out unless ``keep``."""
+        self.finish = reason
+        if reason == "stop":
+            self.stop = "".join(self.chars[len(self.chars) - cut :])
+        self.end = len(self.chars) - (0 if keep else cut)
 
-    def release(self) -> Drawn | None:
-        end = len(self.chars) if self.finish is not None else len(self.chars) - self._held_back()
-        if end <= self.released:
+    def release(self, held: int = 0) -> TextDelta | None:
+        """The text that became final since the last call; ``held`` characters might still start a stop string."""
+        end = self.end if self.end is not None else len(self.chars) - held
+        if end <= self.shown:
             return None
-        drawn = Drawn(self.index, "".join(self.chars[self.released : end]),
-                      self.logprobs[self.released : end] if self.logprobs is not None else [])
-        self.released = end
-        return drawn
+        logprobs = tuple(self.logprobs[self.shown : end]) if self.logprobs is not None else None
+        delta = TextDelta(self.index, "".join(self.chars[self.shown : end]), logprobs)
+        self.shown = end
+        return delta
 
-    def outcome(self) -> SampleOutcome:
-        return SampleOutcome(self.index, "".join(self.chars), self.finish or "length", len(self.chars),
-                             self.logprobs or [])
+    def result(self, request: GenerationRequest, seed: int, prime_chars: int, prime_seconds: float,
+               seconds: float) -> SampleResult:
+        end = self.end if self.end is not None else len(self.chars)
+        logprobs = tuple(self.logprobs[:end]) if self.logprobs is not None else None
+        return SampleResult(self.index, "".join(self.chars[:end]), self.finish or "length",  # type: ignore[arg-type]
+                            len(self.chars), seed, prime_chars, prime_seconds, seconds, logprobs, self.stop)
 
 
 class Ticket:
     """The waiting side of one request: what was drawn so far, how it ended, and a way to stop it."""
 
-    def __init__(self, request: SampleRequest, wake: Callable[[], None], submitted: float = 0.0):
+    def __init__(self, request: GenerationRequest, wake: Callable[[], None], submitted: float = 0.0):
         self.request = request
         self.submitted = submitted  # when it was queued: its timing includes the wait for a place
         self._wake = wake
         self._lock = threading.Lock()
-        self._drawn: list[Drawn] = []
+        self._drawn: list[TextDelta] = []
         self._notified = False
         self.outcome: Outcome | None = None
         self.error: CharlstmError | None = None
@@ -193,14 +142,14 @@ class Ticket:
         """Stop drawing for this request at the next step (nothing happens if it already ended)."""
         self.cancelled.set()
 
-    def take(self) -> list[Drawn]:
+    def take(self) -> list[TextDelta]:
         """What was released since the last call; check :attr:`outcome` / :attr:`error` after it."""
         with self._lock:
             drawn, self._drawn = self._drawn, []
             self._notified = False
         return drawn
 
-    def _post(self, drawn: list[Drawn] | None = None, outcome: Outcome | None = None,
+    def _post(self, drawn: list[TextDelta] | None = None, outcome: Outcome | None = None,
               error: CharlstmError | None = None) -> None:
         with self._lock:
             self._drawn.extend(drawn or [])
@@ -217,14 +166,21 @@ class Ticket:
 class _Live:
     """A request the worker is stepping: its ticket, rows, draw and texts."""
 
-    def __init__(self, ticket: Ticket, vocab_size: int, never: int | None):
+    def __init__(self, ticket: Ticket, generator: Generator, prime_seconds: float):
         request = ticket.request
+        vocab = generator.vocab
         self.ticket = ticket
         self.request = request
-        rng = torch.Generator(device="cpu")
-        rng.manual_seed(request.seed if request.seed is not None else int(torch.seed() % (2**63)))
-        self.draw = InPlaceDraw(request.options, request.num_samples, vocab_size, rng, never=never)
-        self.texts = [_SampleText(i, request.stop, request.logprobs is not None) for i in range(request.num_samples)]
+        self.seed = request.seed if request.seed is not None else secrets.randbelow(2**63)
+        rng = torch.Generator(device="cpu").manual_seed(self.seed)
+        # The unknown symbol stands for characters too rare to learn: never write it.
+        never = vocab.unknown_id if len(vocab) > 1 else None
+        self.draw = InPlaceDraw(request.sampling, request.num_samples, len(vocab), rng, never=never)
+        self.texts = [_SampleText(i, request.logprobs is not None, request.lines) for i in range(request.num_samples)]
+        self.stops = StopMatcher(request.stop, vocab)
+        self.stop_states = self.stops.start(request.num_samples)
+        self.prime_chars = len(generator.encode_prime(request.prime, request.unknown))
+        self.prime_seconds = prime_seconds
         self.drawn = 0
         self.started = ticket.submitted
         self.first_char: float | None = None
@@ -232,7 +188,7 @@ class _Live:
         self.fresh_state: State | None = None  # the state after its prime, until it joins the batch
         self.row = 0  # its first row in the batch
         # Sampling from the whole distribution: its rows draw with the other such requests' rows, in one pass.
-        self.racing = self.draw.plain and not request.options.greedy
+        self.racing = request.sampling.plain and not request.sampling.greedy
 
     @property
     def finished(self) -> bool:
@@ -275,10 +231,14 @@ class BatchedSampler:
         """Requests being stepped or waiting for a place (what a health check reports)."""
         return len(self._live) + len(self._reading) + len(self._waiting) + self._inbox.qsize()
 
-    def submit(self, request: SampleRequest, wake: Callable[[], None] = lambda: None) -> Ticket:
-        """Queue ``request``; ``wake`` is called (from the worker thread) when there is something to take."""
+    def submit(self, request: GenerationRequest, wake: Callable[[], None] = lambda: None) -> Ticket:
+        """Queue ``request`` (refused at once if the model cannot honour it); ``wake`` is called (from the
+        worker thread) when there is something to take."""
         if self._closed:
             raise CharlstmError("the sampler is shut down")
+        self.generator.check_request(request)
+        if request.beam is not None:
+            raise CharlstmError("beam search is not served; leave beam out")
         if request.num_samples > self.max_rows:
             raise CharlstmError(f"at most {self.max_rows} samples can be drawn at once, not {request.num_samples}")
         ticket = Ticket(request, wake, self.clock())
@@ -378,8 +338,7 @@ class BatchedSampler:
     def _make_live(self, ticket: Ticket, logits: torch.Tensor, state: State) -> None:
         """A primed request joins the batch (at the next rebatch), with its first characters drawn."""
         samples = ticket.request.num_samples
-        never = self.vocab.unknown_id if len(self.vocab) > 1 else None
-        live = _Live(ticket, len(self.vocab), never)
+        live = _Live(ticket, self.generator, self.clock() - ticket.submitted)
         live.fresh_state = tuple(part.expand(-1, samples, -1).contiguous() for part in state)  # type: ignore[assignment]
         self._draw(live, logits.expand(samples, -1).contiguous())
         self._live.append(live)
@@ -425,11 +384,13 @@ class BatchedSampler:
                 cancelled = live.ticket.cancelled.is_set() and not live.finished
                 for text in live.texts:
                     if text.finish is None:
-                        text.finish = "cancelled" if cancelled else "length"
+                        text.finish_with(CANCELLED if cancelled else "length", 0, True)
                 drawn = [d for d in (text.release() for text in live.texts) if d is not None]
                 seconds = self.clock() - live.started
                 first = live.first_char - live.started if live.first_char is not None else None
-                outcome = Outcome([text.outcome() for text in live.texts], len(live.request.prime), seconds, first)
+                results = [text.result(live.request, live.seed, live.prime_chars, live.prime_seconds, seconds)
+                           for text in live.texts]
+                outcome = Outcome(results, live.prime_chars, seconds, first)
                 live.ticket._post(drawn, outcome=outcome)
                 changed = True
             else:
@@ -461,7 +422,7 @@ class BatchedSampler:
                 parts.append(tuple(part.index_select(1, index) for part in old))  # type: ignore[arg-type]
                 ids[row : row + samples] = self._ids[live.row : live.row + samples]
             if live.racing:
-                temperatures[row : row + samples] = live.request.options.temperature
+                temperatures[row : row + samples] = live.request.sampling.temperature
             live.row = row
             row += samples
         state = tuple(torch.cat([part[i] for part in parts], dim=1) for i in range(len(parts[0])))
@@ -514,26 +475,39 @@ class BatchedSampler:
         self._accept(live, live.ids.tolist(), log_probs)
 
     def _accept(self, live: _Live, ids: list[int], log_probs: torch.Tensor | None) -> None:
-        """Add one drawn character to each sample of ``live`` and release what can be shown."""
+        """Add one drawn character to each sample of ``live``, end the samples that reached a stop
+        string, their line count or their length, and hand out what became final."""
         live.drawn += 1
         live.ticket.steps = live.drawn
         if live.first_char is None:
             live.first_char = self.clock()
-        chars = self.vocab.chars
-        k = live.request.logprobs
-        drawn: list[Drawn] = []
+        request, chars = live.request, self.vocab.chars
+        matched = held = None
+        if live.stops.active:
+            live.stop_states = live.stops.advance(live.stop_states, torch.tensor(ids))
+            matched = live.stops.matched[live.stop_states].tolist()
+            held = live.stops.depth[live.stop_states].tolist() if request.holds_back else None
+        drawn: list[TextDelta] = []
         for row, (text, char_id) in enumerate(zip(live.texts, ids)):
             if text.finish is not None:
                 continue
             entry = None
             if log_probs is not None:
                 top: tuple[tuple[str, float], ...] = ()
-                if k:
-                    values, indices = torch.topk(log_probs[row], min(k, len(chars)))
+                if request.logprobs:
+                    values, indices = torch.topk(log_probs[row], request.logprobs)
                     top = tuple((chars[i], v) for i, v in zip(indices.tolist(), values.tolist()))
                 entry = CharLogprob(chars[char_id], float(log_probs[row, char_id]), top)
             text.add(chars[char_id], entry)
-            released = text.release()
+            if matched is not None and matched[row] > 0:
+                text.finish_with("stop", matched[row], request.keep_stop)
+            elif text.lines_left is not None and chars[char_id] == "\n":
+                text.lines_left -= 1
+                if text.lines_left == 0:
+                    text.finish_with("lines", 1, request.keep_stop)
+            if text.finish is None and live.drawn >= request.length:
+                text.finish_with("length", 0, True)
+            released = text.release(held[row] if held is not None and text.finish is None else 0)
             if released is not None:
                 drawn.append(released)
         if drawn:

@@ -1,6 +1,6 @@
 """``charlstm serve``: the playground page and an HTTP API in the shapes local model servers use.
 
-A thin shell, like the CLI: a JSON body becomes a :class:`SampleRequest` (one
+A thin shell, like the CLI: a JSON body becomes a :class:`GenerationRequest` (one
 function, :func:`sample_request`, for both generation routes), which the
 model's :class:`BatchedSampler` steps in its worker thread together with every
 other live request; ``/api/score`` is :func:`surprisal`. What comes back is
@@ -47,24 +47,23 @@ from starlette.types import Receive, Scope, Send
 from ..analysis.scoring import surprisal
 from ..base.errors import CharlstmError, name_chars
 from ..base.runtime import LN2, ThreadGovernor
-from ..generation.batching import (
-    BatchedSampler,
+from ..generation.batching import CANCELLED, BatchedSampler, Outcome, Ticket
+from ..generation.controls import (
+    MAX_LOGPROBS,
+    MAX_STOP_CHARS,
     CharLogprob,
-    Drawn,
-    Outcome,
-    SampleRequest,
-    Ticket,
+    GenerationRequest,
+    SamplingOptions,
+    TextDelta,
 )
-from ..generation.generator import Generator, SamplingOptions
+from ..generation.generator import Generator
 from ..training.checkpoint import LoadedModel
 from . import terminal as console
 
 STATIC = Path(__file__).parent / "static"
 API_KEY_ENV = "CHARLSTM_API_KEY"
 UNKNOWN_POLICIES = ("error", "skip", "replace")
-MAX_STOPS = 4
-MAX_STOP_CHARS = 64
-MAX_TOP_LOGPROBS = 20
+MAX_STOPS = 4  # as OpenAI's API takes
 # The least time between two writes of one stream. A write per character would keep the event loop
 # busy, and every moment it holds the GIL the sampler's thread waits: 50 writes a second read as
 # smooth typing and cost the sampler almost nothing.
@@ -230,7 +229,10 @@ class GenerationFields:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    min_p: float | None = None
     stop: tuple[str, ...] = ()
+    keep_stop: bool = False
+    lines: int | None = None
     seed: int | None = None
     n: int = 1
     logprobs: int | None = None
@@ -250,10 +252,13 @@ def generation_fields(body: dict[str, Any], limits: ServeLimits, length_field: s
         temperature=_number(body, "temperature", 1.0, 0, 100),
         top_k=_number(body, "top_k", None, 1, 1_000_000, integer=True),
         top_p=_number(body, "top_p", None, 0, 1, low_open=True),
+        min_p=_number(body, "min_p", None, 0, 1),
         stop=_stops(body),
-        seed=_number(body, "seed", None, -(2**63), 2**64 - 1, integer=True),
+        keep_stop=_flag(body, "keep_stop", False),
+        lines=_number(body, "lines", None, 1, limits.max_length, integer=True),
+        seed=_number(body, "seed", None, 0, 2**63 - 1, integer=True),
         n=_number(body, "n", 1, 1, limits.max_samples, integer=True, hint=f" (this server's limit is {limits.max_samples})"),
-        logprobs=_number(body, "logprobs", None, 0, MAX_TOP_LOGPROBS, integer=True),
+        logprobs=_number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True),
         unknown=unknown,
         stream=_flag(body, "stream", stream_default),
     )
@@ -272,8 +277,8 @@ def _prompt(body: dict[str, Any]) -> str:
     return value
 
 
-def sample_request(served: ServedModel, fields: GenerationFields) -> SampleRequest:
-    """The one mapping from a request's fields to what the sampler does with them."""
+def sample_request(served: ServedModel, fields: GenerationFields) -> GenerationRequest:
+    """The one mapping from a request's fields to the generation it asks for."""
     vocab = served.loaded.vocab
     if fields.unknown == "error" and vocab.unknown_id is None:
         unknown = vocab.unknown_chars(fields.prompt)
@@ -285,9 +290,9 @@ def sample_request(served: ServedModel, fields: GenerationFields) -> SampleReque
         raise ApiError(422, f"top_k {fields.top_k} is larger than the vocabulary of model {served.name!r} "
                             f"({len(vocab)} characters); use at most {len(vocab)}", "top_k")
     try:
-        options = SamplingOptions(fields.temperature, fields.top_k, fields.top_p)
-        return SampleRequest(fields.prompt, fields.length, options, fields.n, fields.seed,
-                             fields.unknown, fields.stop, fields.logprobs)  # type: ignore[arg-type]
+        sampling = SamplingOptions(fields.temperature, fields.top_k, fields.top_p, fields.min_p)
+        return GenerationRequest(fields.prompt, fields.length, sampling, fields.n, fields.seed, fields.unknown,  # type: ignore[arg-type]
+                                 fields.stop, fields.keep_stop, fields.lines, fields.logprobs)
     except CharlstmError as problem:
         raise ApiError(422, str(problem)) from None
 
@@ -320,7 +325,7 @@ class _Waiter:
             pass
 
 
-async def follow(ticket: Ticket, waiter: _Waiter, request: Request | None = None) -> AsyncIterator[list[Drawn]]:
+async def follow(ticket: Ticket, waiter: _Waiter, request: Request | None = None) -> AsyncIterator[list[TextDelta]]:
     """What the sampler releases for ``ticket``, until it ends; with ``request``, cancels when its client goes."""
     checked = time.monotonic()
     while not ticket.done:
@@ -366,18 +371,17 @@ class CancellingStream(StreamingResponse):
             self.ticket.cancel()
 
 
-def _logprob_json(entry: CharLogprob) -> dict[str, Any]:
-    return {"char": entry.char, "logprob": entry.logprob, "top": dict(entry.top)}
-
-
 def _summary(served: ServedModel, outcome: Outcome, with_text: bool) -> dict[str, Any]:
     samples = []
     for sample in outcome.samples:
-        item: dict[str, Any] = {"index": sample.index, "finish_reason": sample.finish_reason, "chars": sample.chars}
+        item: dict[str, Any] = {"index": sample.index, "finish_reason": sample.finish_reason,
+                                "chars": sample.characters, "generated": sample.generated, "seed": sample.seed}
+        if sample.stop is not None:
+            item["stop"] = sample.stop
         if with_text:
             item["text"] = sample.text
-            if sample.logprobs:
-                item["logprobs"] = [_logprob_json(entry) for entry in sample.logprobs]
+            if sample.logprobs is not None:
+                item["logprobs"] = [entry.to_dict() for entry in sample.logprobs]
         samples.append(item)
     return {
         "model": served.name,
@@ -472,7 +476,7 @@ def create_app(models: list[ServedModel], limits: ServeLimits = ServeLimits(), a
                 return JSONResponse(_failure(ticket), status_code=422)
             choices = [{"text": sample.text, "index": sample.index,
                         "logprobs": _openai_logprobs(sample.logprobs, offsets, sample.index) if fields.logprobs is not None else None,
-                        "finish_reason": sample.finish_reason} for sample in ticket.outcome.samples]
+                        "finish_reason": _openai_finish(sample.finish_reason)} for sample in ticket.outcome.samples]
             usage = {"prompt_tokens": len(fields.prompt), "completion_tokens": ticket.outcome.generated_chars,
                      "total_tokens": len(fields.prompt) + ticket.outcome.generated_chars}
             return JSONResponse({**base, "choices": choices, "usage": usage})
@@ -480,14 +484,15 @@ def create_app(models: list[ServedModel], limits: ServeLimits = ServeLimits(), a
         async def events() -> AsyncIterator[str]:
             async for drawn in follow(ticket, waiter):
                 for piece in _merged(drawn):
-                    logprobs = _openai_logprobs(piece.logprobs, offsets, piece.index) if fields.logprobs is not None else None
-                    choice = {"text": piece.text, "index": piece.index, "logprobs": logprobs, "finish_reason": None}
+                    logprobs = _openai_logprobs(piece.logprobs, offsets, piece.sample) if fields.logprobs is not None else None
+                    choice = {"text": piece.text, "index": piece.sample, "logprobs": logprobs, "finish_reason": None}
                     yield f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
             if ticket.outcome is None:
                 yield f"data: {json.dumps(_failure(ticket))}\n\n"
             else:
                 for sample in ticket.outcome.samples:
-                    choice = {"text": "", "index": sample.index, "logprobs": None, "finish_reason": sample.finish_reason}
+                    choice = {"text": "", "index": sample.index, "logprobs": None,
+                              "finish_reason": _openai_finish(sample.finish_reason)}
                     yield f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
             yield "data: [DONE]\n\n"
 
@@ -554,8 +559,8 @@ def create_app(models: list[ServedModel], limits: ServeLimits = ServeLimits(), a
                      lifespan=asynccontextmanager(lifespan))
 
 
-GENERATE_FIELDS = {"model", "prompt", "length", "temperature", "top_k", "top_p", "stop", "seed", "n", "logprobs",
-                   "unknown", "stream"}
+GENERATE_FIELDS = {"model", "prompt", "length", "temperature", "top_k", "top_p", "min_p", "stop", "keep_stop", "lines",
+                   "seed", "n", "logprobs", "unknown", "stream"}
 
 
 def _refuse_unknown_fields(body: dict[str, Any], known: set[str]) -> None:
@@ -566,27 +571,34 @@ def _refuse_unknown_fields(body: dict[str, Any], known: set[str]) -> None:
                             f"{', '.join(sorted(known))}", unknown[0])
 
 
-def _merged(drawn: list[Drawn]) -> list[Drawn]:
+def _merged(drawn: list[TextDelta]) -> list[TextDelta]:
     """One piece per sample, in sample order: what arrived since the last look, joined."""
-    pieces: dict[int, Drawn] = {}
+    pieces: dict[int, list[TextDelta]] = {}
     for piece in drawn:
-        if piece.index in pieces:
-            pieces[piece.index].text += piece.text
-            pieces[piece.index].logprobs.extend(piece.logprobs)
-        else:
-            pieces[piece.index] = Drawn(piece.index, piece.text, list(piece.logprobs))
-    return [pieces[index] for index in sorted(pieces)]
+        pieces.setdefault(piece.sample, []).append(piece)
+    merged = []
+    for sample in sorted(pieces):
+        parts = pieces[sample]
+        logprobs = None if parts[0].logprobs is None else tuple(e for part in parts for e in part.logprobs or ())
+        merged.append(TextDelta(sample, "".join(part.text for part in parts), logprobs))
+    return merged
 
 
-def _chunk(piece: Drawn) -> dict[str, Any]:
-    chunk: dict[str, Any] = {"index": piece.index, "text": piece.text}
-    if piece.logprobs:
-        chunk["logprobs"] = [_logprob_json(entry) for entry in piece.logprobs]
+def _chunk(piece: TextDelta) -> dict[str, Any]:
+    chunk: dict[str, Any] = {"index": piece.sample, "text": piece.text}
+    if piece.logprobs is not None:
+        chunk["logprobs"] = [entry.to_dict() for entry in piece.logprobs]
     return chunk
 
 
-def _openai_logprobs(entries: list[CharLogprob], offsets: list[int], index: int) -> dict[str, Any]:
+def _openai_finish(reason: str) -> str:
+    """OpenAI's clients know "stop" and "length": a line count is a stop too."""
+    return "length" if reason in ("length", CANCELLED) else "stop"
+
+
+def _openai_logprobs(entries: tuple[CharLogprob, ...] | None, offsets: list[int], index: int) -> dict[str, Any]:
     """OpenAI's legacy completions logprobs, one "token" per character; advances ``offsets[index]``."""
+    entries = entries or ()
     start = offsets[index]
     offsets[index] += len(entries)
     return {"tokens": [entry.char for entry in entries],

@@ -52,6 +52,7 @@ function showSliders() {
   $("temperature-value").textContent = Number($("temperature").value).toFixed(2);
   $("top-k-value").textContent = $("top-k").value === "0" ? "off" : $("top-k").value;
   $("top-p-value").textContent = $("top-p").value === "1" ? "off" : Number($("top-p").value).toFixed(2);
+  $("min-p-value").textContent = $("min-p").value === "0" ? "off" : Number($("min-p").value).toFixed(2);
 }
 
 function unescape(text) {
@@ -63,6 +64,7 @@ function generationBody() {
                  length: Number($("length").value), stream: true };
   if ($("top-k").value !== "0") body.top_k = Number($("top-k").value);
   if ($("top-p").value !== "1") body.top_p = Number($("top-p").value);
+  if ($("min-p").value !== "0") body.min_p = Number($("min-p").value);
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   if ($("stop-strings").value !== "") body.stop = unescape($("stop-strings").value);
   return body;
@@ -168,7 +170,7 @@ for (const tab of document.querySelectorAll(".tab")) {
     }
   };
 }
-for (const id of ["temperature", "top-k", "top-p"]) $(id).oninput = showSliders;
+for (const id of ["temperature", "top-k", "top-p", "min-p"]) $(id).oninput = showSliders;
 $("generate").onclick = generate;
 $("stop").onclick = stop;
 $("score-button").onclick = score;

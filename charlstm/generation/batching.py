@@ -111,8 +111,7 @@ class _SampleText:
         self.shown = end
         return delta
 
-    def result(self, request: GenerationRequest, seed: int, prime_chars: int, prime_seconds: float,
-               seconds: float) -> SampleResult:
+    def result(self, seed: int, prime_chars: int, prime_seconds: float, seconds: float) -> SampleResult:
         end = self.end if self.end is not None else len(self.chars)
         logprobs = tuple(self.logprobs[:end]) if self.logprobs is not None else None
         return SampleResult(self.index, "".join(self.chars[:end]), self.finish or "length",  # type: ignore[arg-type]
@@ -388,8 +387,7 @@ class BatchedSampler:
                 drawn = [d for d in (text.release() for text in live.texts) if d is not None]
                 seconds = self.clock() - live.started
                 first = live.first_char - live.started if live.first_char is not None else None
-                results = [text.result(live.request, live.seed, live.prime_chars, live.prime_seconds, seconds)
-                           for text in live.texts]
+                results = [text.result(live.seed, live.prime_chars, live.prime_seconds, seconds) for text in live.texts]
                 outcome = Outcome(results, live.prime_chars, seconds, first)
                 live.ticket._post(drawn, outcome=outcome)
                 changed = True

@@ -853,6 +853,41 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
 
 
 @cli.command()
+@click.option("-c", "--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
+              help="Run or checkpoint directory to serve, named after its run; repeat for several (default: the newest run under ./checkpoints).")
+@which_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; anything but a loopback address is reachable from other machines.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--api-key", envvar="CHARLSTM_API_KEY", help="Require 'Authorization: Bearer KEY' on every API route (env CHARLSTM_API_KEY).")
+@click.option("--max-length", type=click.IntRange(1, 1_000_000), default=4096, show_default=True, help="Most characters one sample may ask for.")
+@click.option("--max-body", type=Size(), default="1MB", show_default=True, help="Largest request body, in bytes (e.g. 200k, 1MB).")
+@click.option("--max-samples", type=click.IntRange(1, 256), default=16, show_default=True, help="Most samples (n) one request may ask for.")
+@device_option("cpu")
+@precision_option(PRECISIONS, "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
+def serve(checkpoints: tuple[Path, ...], which: str, host: str, port: int, api_key: str | None, max_length: int,
+          max_body: int, max_samples: int, device: str, precision: str) -> None:
+    """Serve models over HTTP: a playground page at / and a JSON API (Ollama-style /api/generate,
+    OpenAI-style /v1/completions, /api/score). Needs the serve extra."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise CharlstmError("charlstm serve needs the serve extra: pip install 'charlstm[serve]'") from None
+    from ..base.runtime import resolve_device
+    from ..training.checkpoint import load
+    from . import server
+
+    listener = server.bind(host, port)  # a taken port is refused before any model loads
+    target = resolve_device(device)
+    loaded = [load(path, device=target, prefer=which) for path in checkpoints or (_or_base_model(None),)]
+    limits = server.ServeLimits(max_length=max_length, max_body_bytes=max_body, max_samples=max_samples)
+    models = server.serve_models(loaded, precision, limits.max_rows, server.serving_threads())
+    app = server.create_app(models, limits, api_key or None)
+    server.announce(models, host, listener.getsockname()[1], api_key or None)
+    server.run_server(app, listener)
+
+
+@cli.command()
 @click.option("--size", type=click.Choice(list(ALL_PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text; xl at batch 256x128 on a GPU).")
 @click.option("--steps", type=click.IntRange(min=1), help="Timed training steps for each of the two training loops (default 24; 240 on a GPU).")
 @precision_option(PRECISIONS, "auto", "auto: bf16 on CPUs/GPUs that run it fast, else fp32.")

@@ -376,6 +376,7 @@ ECHO_SECONDS = 2.0
 @click.option("-n", "--num-samples", type=click.IntRange(1, 4096), default=1, show_default=True, help="Number of samples, drawn as one batch; each ends on its own.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample: text, finish_reason, characters, seed, checkpoint, timing.")
 @click.option("--logprobs", type=click.IntRange(0, 20), help="With --json: each character's log-probability and the K likeliest alternatives with theirs.")
+@click.option("--beam", type=click.IntRange(1, 64), help="Instead of sampling, search W wide for the most probable continuation (deterministic; 1 is greedy).")
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
 @which_option
 @device_option("cpu")
@@ -383,7 +384,7 @@ ECHO_SECONDS = 2.0
 def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length: int, stop: tuple[str, ...],
            keep_stop: bool, lines: int | None, temperature: float, top_k: int | None, top_p: float | None,
            min_p: float | None, seed: int | None, num_samples: int, as_json: bool, logprobs: int | None,
-           unknown: str, which: str, device: str, precision: str) -> None:
+           beam: int | None, unknown: str, which: str, device: str, precision: str) -> None:
     """Generate text from a trained model and stream it to stdout."""
     import dataclasses
     import itertools
@@ -405,7 +406,7 @@ def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length:
         raise click.UsageError("--logprobs is printed with --json; add --json")
     request = GenerationRequest(
         prime, length, SamplingOptions(temperature, top_k, top_p, min_p), num_samples, seed, unknown,  # type: ignore[arg-type]
-        tuple(unescape(s) for s in stop), keep_stop, lines, logprobs,
+        tuple(unescape(s) for s in stop), keep_stop, lines, logprobs, beam,
     )
     loaded = load(checkpoint, device=resolve_device(device), prefer=which)
     generator = Generator(loaded.model, loaded.vocab, precision=precision)  # type: ignore[arg-type]

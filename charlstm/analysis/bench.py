@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from ..base.runtime import Precision, autocast, resolve_precision
 from ..data.corpus import Corpus, Vocab
-from ..generation.generator import Generator, SamplingOptions
+from ..generation.controls import MAX_STOPS, GenerationRequest
+from ..generation.generator import Generator, SamplingOptions, sampling_precision
 from ..model.config import ModelConfig
 from ..model.network import CharLSTM
 from ..model.stepper import LSTMStepper
@@ -88,6 +89,18 @@ class SamplingSpeed:
     naive_chars_per_sec: float
     charlstm_chars_per_sec: float
     ratio: float
+    precision: str = "fp32"
+
+
+@dataclass
+class StopSpeed:
+    """A batch whose first half stops early on stop strings, against the same batch with none."""
+
+    batch: int
+    stopped_early: int
+    no_stop_steps_per_sec: float
+    stop_steps_per_sec: float
+    ratio: float
 
 
 @dataclass
@@ -111,6 +124,9 @@ class BenchResult:
     train: TrainingSpeed
     peak: MatmulPeak
     sampling: list[SamplingSpeed]
+    stops: StopSpeed
+    sampling_precision: str
+    cpu_capability: str
     prime_chars: int
     first_char_ms: float
     stepper_setup_ms: float
@@ -293,7 +309,29 @@ def _rates(loops: dict[str, Callable[[int], float]], length: int, rounds: int) -
 def measure_sampling(model: CharLSTM, generator: Generator, batch: int, length: int, rounds: int) -> SamplingSpeed:
     rates = _rates({"naive": naive_sampling_loop(model, batch), "charlstm": charlstm_sampling_loop(generator, batch)},
                    length, rounds)
-    return SamplingSpeed(batch, rates["naive"] * batch, rates["charlstm"] * batch, rates["charlstm"] / rates["naive"])
+    return SamplingSpeed(batch, rates["naive"] * batch, rates["charlstm"] * batch, rates["charlstm"] / rates["naive"],
+                         generator.precision)
+
+
+def measure_stops(generator: Generator, batch: int, length: int, rounds: int) -> StopSpeed:
+    """Steps per second of a batch with no stop strings and of the same batch (same seed) with stops that end
+    its first half midway: each of those rows stops on a four-character piece of its own unstopped text."""
+    plain = GenerationRequest("", length, num_samples=batch, seed=0)
+    texts = [result.text for result in generator.complete(plain)]
+    early = min(batch // 2, MAX_STOPS)
+    stopping = GenerationRequest("", length, num_samples=batch, seed=0,
+                                 stop=tuple(dict.fromkeys(text[length // 2 : length // 2 + 4] for text in texts[:early])))
+    stopped_early = sum(result.finish_reason == "stop" for result in generator.complete(stopping))
+
+    def timed(request: GenerationRequest) -> Callable[[int], float]:
+        def run(_: int) -> float:
+            start = time.perf_counter()
+            generator.complete(request)
+            return time.perf_counter() - start
+        return run
+
+    rates = _rates({"plain": timed(plain), "stops": timed(stopping)}, length, rounds)
+    return StopSpeed(batch, stopped_early, rates["plain"], rates["stops"], rates["stops"] / rates["plain"])
 
 
 def measure_first_char(generator: Generator, prime: str, tries: int) -> float:
@@ -319,17 +357,24 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
     torch.manual_seed(0)
     model = CharLSTM(model_config)
     vocab = bench_vocab(model_config.vocab_size)
-    generator = Generator(model, vocab, device="cpu", precision=precision)  # type: ignore[arg-type]
+    step_precision = sampling_precision(config.precision, torch.device("cpu"))
+    generator = Generator(model, vocab, device="cpu", precision=step_precision)
+    generators = [generator]
+    if step_precision != precision:  # what the chosen arithmetic gains over the training precision's, side by side
+        generators.append(Generator(model, vocab, device="cpu", precision=precision))  # type: ignore[arg-type]
     sampling = []
     for batch in (1, config.sample_batch):
-        on_phase(f"sampling at batch {batch}: Generator against a per-character nn.LSTM loop")
-        sampling.append(measure_sampling(model, generator, batch, config.sample_chars, config.rounds))
+        for each in generators:
+            on_phase(f"sampling at batch {batch} ({each.precision}): Generator against a per-character nn.LSTM loop")
+            sampling.append(measure_sampling(model, each, batch, config.sample_chars, config.rounds))
+    on_phase(f"sampling at batch {config.sample_batch} with half the rows stopping early, against no stops")
+    stops = measure_stops(generator, config.sample_batch, config.sample_chars, config.rounds)
     on_phase(f"first character after a {config.prime_chars}-character prime")
     first_char = measure_first_char(generator, bench_text(config.prime_chars, vocab), config.first_char_tries)
     setup_times = []
     for _ in range(3):
         start = time.perf_counter()
-        stepper = LSTMStepper(model, 1, precision)
+        stepper = LSTMStepper(model, 1, generator.precision)
         setup_times.append(time.perf_counter() - start)
     on_phase("memory bandwidth")
     bandwidth = measure_read_bandwidth(stepper.streamed_bytes)
@@ -347,6 +392,9 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
         train=train,
         peak=peak,
         sampling=sampling,
+        stops=stops,
+        sampling_precision=generator.precision,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
         prime_chars=config.prime_chars,
         first_char_ms=first_char * 1e3,
         stepper_setup_ms=statistics.median(setup_times) * 1e3,

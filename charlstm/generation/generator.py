@@ -10,16 +10,22 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..base.errors import CharlstmError
-from ..base.runtime import Precision, autocast, resolve_precision
+from ..base.runtime import autocast, resolve_precision
 from ..data.corpus import UnknownPolicy, Vocab
 from ..model.network import CharLSTM, State
-from ..model.stepper import LSTMStepper, ModelStepper, Stepper, forward_last
+from ..model.stepper import (
+    LSTMStepper,
+    ModelStepper,
+    Stepper,
+    forward_last,
+    int8_available,
+)
 from .controls import (
     CharLogprob,
     FinishReason,
@@ -82,8 +88,13 @@ class InPlaceDraw:
         self.plain = options.top_k is None and (options.top_p is None or options.top_p >= 1.0)
         self.log_min_p = math.log(options.min_p) if options.min_p else None
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """Ids (N,) drawn from CPU logits (N, V), which it may change; the result is a buffer the next draw overwrites."""
+    def __call__(self, logits: torch.Tensor, streams: torch.Tensor | None = None) -> torch.Tensor:
+        """Ids drawn from CPU logits (rows, V), which it may change; the result is a buffer the next draw overwrites.
+
+        ``streams`` names the stream of each row when some have finished: the random numbers are
+        still drawn for every stream, so a stream draws the same characters whether or not the
+        others have stopped (with top-k or top-p, which go through ``pick_next``, it does not).
+        """
         rows = logits.shape[0]
         if self.never is not None:
             logits[:, self.never] = float("-inf")
@@ -91,13 +102,32 @@ class InPlaceDraw:
             return torch.argmax(logits, dim=-1, out=self.ids[:rows])
         if not self.plain:
             return pick_next(logits, self.options, self.rng)
-        scores, noise = self.scores[:rows], self.noise[:rows]
+        scores = self.scores[:rows]
         torch.div(logits, self.options.temperature, out=scores)
         if self.log_min_p is not None:
             floor = scores.amax(dim=-1, keepdim=True).add_(self.log_min_p)
             scores.masked_fill_(scores < floor, float("-inf"))
-        scores.sub_(noise.exponential_(generator=self.rng).log_())
+        self.noise.exponential_(generator=self.rng)
+        noise = self.noise if streams is None or rows == len(self.noise) else self.noise.index_select(0, streams)
+        scores.sub_(noise.log_())
         return torch.argmax(scores, dim=-1, out=self.ids[:rows])
+
+
+SamplingPrecision = Literal["auto", "bf16", "fp32", "int8"]
+
+
+def sampling_precision(precision: SamplingPrecision, device: torch.device) -> str:
+    """The arithmetic of sampling steps: as :func:`resolve_precision` for training, except that ``auto`` on a
+    CPU without fast bf16 takes int8 weights, which ``charlstm bench`` measured at about twice the fp32
+    step rate there (emulated bf16 would be slower than fp32)."""
+    if precision == "int8":
+        if not int8_available(device):
+            raise CharlstmError("int8 sampling needs a CPU with PyTorch's fbgemm engine; use --precision fp32")
+        return "int8"
+    resolved = resolve_precision(precision, device)
+    if precision == "auto" and resolved == "fp32" and int8_available(device):
+        return "int8"
+    return resolved
 
 
 def _room(buffer: torch.Tensor, step: int) -> torch.Tensor:
@@ -165,9 +195,13 @@ class Generator:
     model's forward (:class:`ModelStepper`). ``precision`` "fp32" (the
     default) holds states and logits to the model's own forward within fp32
     rounding, which exact continuations rely on; "bf16" runs the matrix
-    products with bf16 weights, about twice as fast again; "auto" picks bf16
-    on CPUs that have fast bf16 (``charlstm sample`` does this by default). The fast step copies the weights when first
-    used: make a new Generator after changing the model.
+    products with bf16 weights, about twice as fast again; "int8" runs them
+    with int8 weights (one scale per row) through fbgemm, which pays on CPUs
+    without fast bf16; "auto" picks bf16 on CPUs that have fast bf16 and int8 on
+    the others (``charlstm sample`` does this by default; see
+    :func:`sampling_precision`). The prime is read in fp32 unless bf16 is chosen.
+    The fast step copies the weights when first used: make a new Generator after
+    changing the model.
     """
 
     def __init__(
@@ -175,12 +209,12 @@ class Generator:
         model: CharLSTM,
         vocab: Vocab,
         device: torch.device | str | None = None,
-        precision: Precision = "fp32",
+        precision: SamplingPrecision = "fp32",
     ):
         self.model = model
         self.vocab = vocab
         self.device = torch.device(device) if device is not None else model.head.weight.device
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = sampling_precision(precision, self.device)
         self.model.to(self.device).eval()
         self._idle_steppers: dict[int, list[Stepper]] = {}
         self._live_stepper: Stepper | None = None
@@ -383,7 +417,7 @@ class Generator:
                     logits = stepper.step(ids.to(self.device))
                 logits = logits.cpu()
                 logprobs = F.log_softmax(logits, dim=-1) if request.logprobs is not None else None
-                ids = draw(logits)
+                ids = draw(logits, alive)
                 book.write(alive, step, ids, logprobs)
                 ends = torch.zeros(len(ids), dtype=torch.bool) if step + 1 < request.length else torch.ones(len(ids), dtype=torch.bool)
                 matched = None

@@ -401,8 +401,8 @@ def print_bench(result: "BenchResult") -> None:
     m, train, memory = result.model, result.train, result.memory
     title = (
         f"charlstm bench — {result.size}: LSTM {m['num_layers']}x{m['hidden_size']}, embedding {m['emb_size']}, "
-        f"vocabulary {m['vocab_size']} ({format_count(result.parameters)} parameters), precision {result.precision}, "
-        f"{result.threads} thread{'s' if result.threads != 1 else ''}"
+        f"vocabulary {m['vocab_size']} ({format_count(result.parameters)} parameters), precision {result.precision} "
+        f"(sampling {result.sampling_precision}), CPU {result.cpu_capability}, {result.threads} thread{'s' if result.threads != 1 else ''}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("measure")
@@ -423,9 +423,15 @@ def print_bench(result: "BenchResult") -> None:
     )
     for speed in result.sampling:
         table.add_row(
-            f"sampling, batch {speed.batch}",
+            f"sampling, batch {speed.batch} ({speed.precision} steps)",
             _rate(speed.charlstm_chars_per_sec), _rate(speed.naive_chars_per_sec), f"{speed.ratio:.2f}x",
         )
+    stops = result.stops
+    table.add_row(
+        f"  batch {stops.batch}, {stops.stopped_early} rows stopping early (charlstm without stops in the plain column)",
+        f"{format_count(stops.stop_steps_per_sec)} steps/s", f"{format_count(stops.no_stop_steps_per_sec)} steps/s",
+        f"{stops.ratio:.2f}x",
+    )
     table.add_row(f"first character after a {result.prime_chars}-char prime", f"{result.first_char_ms:.1f} ms", "", "")
     table.add_row("  fast-step setup (once per batch size)", f"{result.stepper_setup_ms:.1f} ms", "", "")
     table.add_row(

@@ -357,7 +357,7 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
     torch.manual_seed(0)
     model = CharLSTM(model_config)
     vocab = bench_vocab(model_config.vocab_size)
-    step_precision = sampling_precision(config.precision, torch.device("cpu"))
+    step_precision = sampling_precision(config.precision, torch.device("cpu"), model_config.hidden_size)
     generator = Generator(model, vocab, device="cpu", precision=step_precision)
     generators = [generator]
     if step_precision != precision:  # what the chosen arithmetic gains over the training precision's, side by side

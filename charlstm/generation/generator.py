@@ -116,16 +116,21 @@ class InPlaceDraw:
 SamplingPrecision = Literal["auto", "bf16", "fp32", "int8"]
 
 
-def sampling_precision(precision: SamplingPrecision, device: torch.device) -> str:
+# Below this hidden size fbgemm's per-call quantisation costs more than int8 saves (bench on AVX2: 1x128 ran
+# batch 32 at 1.57x the plain loop in int8 against 1.96x in fp32; 2x384 at 2.28x against 1.51x).
+INT8_FROM_HIDDEN = 256
+
+
+def sampling_precision(precision: SamplingPrecision, device: torch.device, hidden_size: int = INT8_FROM_HIDDEN) -> str:
     """The arithmetic of sampling steps: as :func:`resolve_precision` for training, except that ``auto`` on a
-    CPU without fast bf16 takes int8 weights, which ``charlstm bench`` measured at about twice the fp32
-    step rate there (emulated bf16 would be slower than fp32)."""
+    CPU without fast bf16 takes int8 weights for layers of at least ``INT8_FROM_HIDDEN`` units, which
+    ``charlstm bench`` measured well above the fp32 step rate there (emulated bf16 would be slower than fp32)."""
     if precision == "int8":
         if not int8_available(device):
             raise CharlstmError("int8 sampling needs a CPU with PyTorch's fbgemm engine; use --precision fp32")
         return "int8"
     resolved = resolve_precision(precision, device)
-    if precision == "auto" and resolved == "fp32" and int8_available(device):
+    if precision == "auto" and resolved == "fp32" and hidden_size >= INT8_FROM_HIDDEN and int8_available(device):
         return "int8"
     return resolved
 
@@ -198,7 +203,7 @@ class Generator:
     products with bf16 weights, about twice as fast again; "int8" runs them
     with int8 weights (one scale per row) through fbgemm, which pays on CPUs
     without fast bf16; "auto" picks bf16 on CPUs that have fast bf16 and int8 on
-    the others (``charlstm sample`` does this by default; see
+    the others for layers of 256 units and up (``charlstm sample`` does this by default; see
     :func:`sampling_precision`). The prime is read in fp32 unless bf16 is chosen.
     The fast step copies the weights when first used: make a new Generator after
     changing the model.
@@ -214,7 +219,7 @@ class Generator:
         self.model = model
         self.vocab = vocab
         self.device = torch.device(device) if device is not None else model.head.weight.device
-        self.precision = sampling_precision(precision, self.device)
+        self.precision = sampling_precision(precision, self.device, model.config.hidden_size)
         self.model.to(self.device).eval()
         self._idle_steppers: dict[int, list[Stepper]] = {}
         self._live_stepper: Stepper | None = None

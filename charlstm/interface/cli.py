@@ -380,7 +380,7 @@ ECHO_SECONDS = 2.0
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
 @which_option
 @device_option("cpu")
-@precision_option([*PRECISIONS, "int8"], "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, int8 on other CPUs, else fp32.")
+@precision_option([*PRECISIONS, "int8"], "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, int8 on other CPUs (hidden size 256 and up), else fp32.")
 def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length: int, stop: tuple[str, ...],
            keep_stop: bool, lines: int | None, temperature: float, top_k: int | None, top_p: float | None,
            min_p: float | None, seed: int | None, num_samples: int, as_json: bool, logprobs: int | None,

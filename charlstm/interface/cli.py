@@ -364,7 +364,7 @@ ECHO_SECONDS = 2.0
 @checkpoint_option
 @click.option("--prime", default="", help="Text to start from; the sample continues it. '-' reads it from standard input.")
 @click.option("--prime-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the text to start from from this file (long ones are read at the model's sequence speed).")
-@click.option("--length", type=click.IntRange(1, 10_000_000), default=500, show_default=True, help="Characters to generate at most (a stop or --lines may end a sample sooner).")
+@click.option("--length", type=click.IntRange(min=1), default=500, show_default=True, help="Characters to generate at most (a stop or --lines may end a sample sooner).")
 @click.option("--stop", multiple=True, help=r"End a sample where it writes this string (escapes such as \n\n work); repeatable. Left out of the text unless --keep-stop.")
 @click.option("--keep-stop", is_flag=True, help="Keep the stop string (or the last newline of --lines) at the end of the text.")
 @click.option("--lines", type=click.IntRange(min=1), help="End a sample after this many newlines (one line per item: --lines 1).")

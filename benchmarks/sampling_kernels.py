@@ -7,7 +7,8 @@ interleaved in rounds so a shared machine's load falls on all of them, and
 prints min and median microseconds per product. ``--compile`` also times
 ``torch.compile`` of a whole unfused step (cold compile included), which takes
 minutes. charlstm's LSTMStepper uses the winner: bf16 weights pre-packed for
-oneDNN, fp32 ``addmm`` into a buffer when bf16 is off.
+oneDNN where the CPU has fast bf16, int8 weights with per-row scales through
+fbgemm on other CPUs, fp32 ``addmm`` into a buffer when asked for fp32.
 
     OMP_NUM_THREADS=1 python benchmarks/sampling_kernels.py --batch 1
 """
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from charlstm.model.config import ModelConfig
 from charlstm.model.network import CharLSTM
-from charlstm.model.stepper import LSTMStepper, bf16_linear
+from charlstm.model.stepper import LSTMStepper, bf16_linear, int8_available, int8_linear
 
 
 def compare(kernels: dict[str, Callable[[], object]], rounds: int = 12, calls: int = 40) -> None:
@@ -49,7 +50,7 @@ def matrix_products(batch: int, rows: int = 2048, cols: int = 1024) -> dict[str,
     prepacked = bf16_linear(weight, batch)
     scales = weight.abs().amax(dim=1) / 127
     weight_int8 = (weight / scales[:, None]).round().to(torch.int8)
-    return {
+    kernels = {
         "fp32 addmm into a buffer": lambda: torch.addmm(bias, x, weight.t(), out=out),
         "fp32 F.linear": lambda: F.linear(x, weight, bias),
         "bf16 F.linear (plain)": lambda: F.linear(x_bf16, weight_bf16),
@@ -58,6 +59,10 @@ def matrix_products(batch: int, rows: int = 2048, cols: int = 1024) -> dict[str,
             x_bf16, weight_int8, scales.bfloat16()
         ),
     }
+    if int8_available():
+        by_row = int8_linear(weight, bias)
+        kernels["int8 weights per row, fbgemm (charlstm, no fast bf16)"] = lambda: by_row(x)
+    return kernels
 
 
 def unfused_step(emb, w_ih, w_hh, bias, head_w, head_b, ids, h, c):  # noqa: ANN001 - traced by torch.compile
@@ -78,7 +83,7 @@ def whole_steps(batch: int, with_compile: bool) -> dict[str, Callable[[], object
     ids = torch.zeros(batch, dtype=torch.long)
     h, c = model.init_state(batch)
     steps: dict[str, Callable[[], object]] = {"model forward, one step (nn.LSTM)": lambda: model(ids.unsqueeze(1), (h, c))}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", *(("int8",) if int8_available() else ())):
         stepper = LSTMStepper(model, batch, precision)
         steps[f"LSTMStepper {precision}"] = lambda stepper=stepper: stepper.step(ids)
     if with_compile:

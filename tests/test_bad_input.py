@@ -165,7 +165,7 @@ CASES: dict[str, tuple[Setup, str]] = {
         sample("--prime", "Жук ☃"),
         "text has 4 character(s) the model never saw: 'Ж', 'к', 'у', '☃'; use --unknown skip or --unknown replace, or remove them",
     ),
-    "length 0": (sample("--length", "0"), "Invalid value for '--length': 0 is not in the range 1<=x<=10000000. (see 'charlstm sample --help')"),
+    "length 0": (sample("--length", "0"), "Invalid value for '--length': 0 is not in the range x>=1. (see 'charlstm sample --help')"),
     "absurd temperature": (sample("--temp", "1e9"), "Invalid value for '--temp': 1000000000.0 is not in the range 0<=x<=100."),
     "temperature nan": (sample("--temp", "nan"), "Invalid value for '--temp': 'nan' is not a finite number"),
     "top-k larger than the vocabulary": (sample("--top-k", "1000"), "top-k 1000 is larger than the vocabulary (33 characters); use at most 33"),

@@ -23,9 +23,14 @@ def test_bench_runs_end_to_end_and_reports_every_measure_as_json():
         assert train[key] > 0, key
     assert train["ratio"] == train["charlstm_chars_per_sec"] / train["bare_chars_per_sec"]
     assert result["peak"]["fp32_flops_per_sec"] > 0 and result["peak"]["bf16_flops_per_sec"] > 0
-    assert [s["batch"] for s in result["sampling"]] == [1, 32]
+    chosen = result["sampling_precision"]
+    assert chosen in ("bf16", "fp32")  # the tiny shape is below the size where int8 steps pay
+    assert [s["batch"] for s in result["sampling"] if s["precision"] == chosen] == [1, 32]
     for speed in result["sampling"]:
         assert speed["ratio"] == speed["charlstm_chars_per_sec"] / speed["naive_chars_per_sec"]
+    stops = result["stops"]
+    assert stops["batch"] == 32 and 1 <= stops["stopped_early"] <= 16
+    assert stops["ratio"] == stops["stop_steps_per_sec"] / stops["no_stop_steps_per_sec"]
     assert result["first_char_ms"] > 0 and result["stepper_setup_ms"] > 0
     memory = result["memory"]
     assert memory["weight_bytes"] > 0 and memory["bound_steps_per_sec"] > 0 and memory["fraction_of_bound"] > 0
@@ -39,6 +44,7 @@ def test_bench_table_shows_each_charlstm_figure_beside_plain_pytorch(monkeypatch
         MatmulPeak,
         MemoryBound,
         SamplingSpeed,
+        StopSpeed,
         TrainingSpeed,
     )
     from charlstm.interface import terminal as console
@@ -50,6 +56,7 @@ def test_bench_table_shows_each_charlstm_figure_beside_plain_pytorch(monkeypatch
         train=TrainingSpeed(9_800.0, 10_000.0, 0.98, 33.2e6, 0.41, 0.42),
         peak=MatmulPeak(2048, 100e9, 200e9),
         sampling=[SamplingSpeed(1, 450.0, 2_700.0, 6.0), SamplingSpeed(32, 4_300.0, 17_200.0, 4.0)],
+        stops=StopSpeed(32, 16, 70.0, 77.0, 1.1), sampling_precision="bf16", cpu_capability="AVX512",
         prime_chars=200, first_char_ms=31.5, stepper_setup_ms=12.0,
         memory=MemoryBound(11_000_000, 55e9, 5_000.0, 2_700.0, 0.54),
     )
@@ -57,5 +64,6 @@ def test_bench_table_shows_each_charlstm_figure_beside_plain_pytorch(monkeypatch
     monkeypatch.setattr(console, "err", recording)
     console.print_bench(result)
     shown = recording.export_text()
-    for expected in ("9.80k chars/s", "10.00k chars/s", "0.98x", "6.00x", "4.00x", "31.5 ms", "54% of bound", "bf16"):
+    for expected in ("9.80k chars/s", "10.00k chars/s", "0.98x", "6.00x", "4.00x", "31.5 ms", "54% of bound", "bf16",
+                     "16 rows stopping early", "1.10x"):
         assert expected in shown, expected

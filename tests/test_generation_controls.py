@@ -94,10 +94,10 @@ def test_batch_samples_end_on_their_own_and_the_deltas_add_up(generator):
     for index, result in results.items():
         assert texts.get(index, "") == result.text
         assert "." not in result.text and "\n" not in result.text
-    # Until the first sample ends, every row draws exactly what the plain batch draws.
-    first = min(results.values(), key=lambda r: r.generated)
-    unstopped = plain(generator, prime="The", length=300, seed=6, num_samples=6)[first.index]
-    assert unstopped.startswith(first.text)
+    # A row draws the same characters whether or not the others have stopped: each text is its unstopped one, cut.
+    unstopped = plain(generator, prime="The", length=300, seed=6, num_samples=6)
+    for index, result in results.items():
+        assert unstopped[index].startswith(result.text) and len(unstopped[index]) == 300
 
 
 def test_logprobs_equal_log_softmax_of_the_models_own_forward(generator):
@@ -197,3 +197,74 @@ def test_logprobs_in_json_are_natural_logs_that_sum_below_zero(trained_run):
     data = json.loads(line)
     assert len(data["logprobs"]) == 10 and all(len(entry["top"]) == 2 for entry in data["logprobs"])
     assert all(entry["logprob"] <= 0 and math.isfinite(entry["logprob"]) for entry in data["logprobs"])
+
+
+def test_beam_of_width_one_is_greedy_decoding_stops_included(generator):
+    greedy = generator.generate("The cat", 80, temperature=0.0)[0]
+    assert generator.complete(GenerationRequest("The cat", 80, beam=1))[0].text == greedy
+    stop = greedy[20:22]
+    stopped = generator.complete(GenerationRequest("The cat", 80, beam=1, stop=(stop,)))[0]
+    assert (stopped.text, stopped.finish_reason) == (greedy[: greedy.index(stop)], "stop")
+    sampled = generator.complete(GenerationRequest("The cat", 80, SamplingOptions(temperature=0.0), stop=(stop,)))[0]
+    assert sampled.text == stopped.text
+
+
+def test_wider_beams_find_continuations_at_least_as_probable_and_respect_stops(generator):
+    def total(width):
+        result = generator.complete(GenerationRequest("The cat", 40, beam=width, logprobs=0))[0]
+        assert result.finish_reason == "length" and len(result.text) == 40
+        return sum(entry.logprob for entry in result.logprobs)
+
+    assert total(4) >= total(1) - 1e-3
+    once, again = (generator.complete(GenerationRequest("The", 60, beam=4, seed=seed))[0].text for seed in (1, 2))
+    assert once == again  # deterministic: the seed plays no part
+    ended = generator.complete(GenerationRequest("The", 300, beam=3, lines=1, keep_stop=True))[0]
+    assert ended.finish_reason in ("lines", "length") and ended.text.count("\n") <= 1
+    assert ended.finish_reason == "length" or ended.text.endswith("\n")
+    with pytest.raises(CharlstmError, match="leave the number of samples at 1"):
+        GenerationRequest(beam=2, num_samples=2)
+
+
+def test_repl_settings_lines_min_p_and_logprobs(trained_run):
+    from charlstm.generation.session import ReplSession, ReplSettings, apply_setting
+    from charlstm.interface.repl import heat_line
+
+    loaded = load(trained_run)
+    settings = ReplSettings(seed=3, length=300)
+    for name, args in (("lines", ["1"]), ("min-p", ["0.05"]), ("logprobs", ["2"])):
+        settings = apply_setting(settings, name, args)
+    assert (settings.lines, settings.min_p, settings.logprobs) == (1, 0.05, 2)
+    assert "minp=0.05 lines=1 logprobs=2" in settings.summary()
+    for name, value, message in (("lines", "0", "1 or more"), ("logprobs", "99", "0 to 20"), ("min-p", "2", "min-p")):
+        with pytest.raises(CharlstmError, match=message):
+            apply_setting(settings, name, [value])
+    session = ReplSession(loaded, settings)
+    turn = session.start_turn("The")
+    text = "".join(turn)
+    record = turn.record
+    assert record.ended in ("lines", "length") and text.count("\n") <= 1
+    assert record.ended == "length" or text.endswith("\n")
+    # The heat line's numbers are the model's own: the same as a request for the same text gives.
+    expected = Generator(loaded.model, loaded.vocab).continuation_logprobs("The", text, 2)
+    assert [e.logprob for e in record.logprobs] == pytest.approx([e.logprob for e in expected], abs=1e-5)
+    line = heat_line(record.logprobs)
+    assert len(line.plain.split("  ")[0]) == len(text) and line.plain.endswith("bits/char")
+
+
+def test_int8_steps_keep_the_models_probabilities_to_int8_rounding(generator):
+    from charlstm.model.stepper import LSTMStepper, int8_available
+
+    if not int8_available():
+        pytest.skip("this PyTorch has no fbgemm engine")
+    model = generator.model
+    ids = torch.randint(0, len(generator.vocab), (8, 60), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, _ = model(ids)
+        stepper = LSTMStepper(model, 8, "int8")
+        stepper.load_state(model.init_state(8))
+        got = torch.stack([stepper.step(ids[:, t]).clone() for t in range(60)], dim=1)
+    # Weights rounded to 1/254 of each row's range, inputs to 1/127 of theirs: probabilities within a few 1e-3.
+    difference = (expected.softmax(-1) - got.softmax(-1)).abs()
+    assert float(difference.max()) < 0.03 and float(difference.mean()) < 1e-3
+    int8 = Generator(model, generator.vocab, precision="int8")
+    assert len(int8.complete(GenerationRequest("The", 50, seed=1, num_samples=3, stop=(".",)))) == 3

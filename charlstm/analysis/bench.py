@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from ..base.runtime import Precision, autocast, resolve_device, resolve_precision
 from ..data.corpus import Corpus, Vocab
-from ..generation.generator import Generator, SamplingOptions
+from ..generation.controls import MAX_STOPS, GenerationRequest
+from ..generation.generator import Generator, SamplingOptions, sampling_precision
 from ..model.config import ModelConfig
 from ..model.network import CharLSTM
 from ..model.stepper import LSTMStepper
@@ -114,6 +115,7 @@ class SamplingSpeed:
     charlstm_chars_per_sec: float
     ratio: float
     charlstm_device: str = ""  # where charlstm's side ran, when not where the plain loop did
+    precision: str = "fp32"
 
 
 @dataclass
@@ -125,6 +127,17 @@ class OtherRuntimeSpeed:
     runtime_steps_per_sec: float
     charlstm_steps_per_sec: float
     naive_steps_per_sec: float
+
+
+@dataclass
+class StopSpeed:
+    """A batch whose first half stops early on stop strings, against the same batch with none."""
+
+    batch: int
+    stopped_early: int
+    no_stop_steps_per_sec: float
+    stop_steps_per_sec: float
+    ratio: float
 
 
 @dataclass
@@ -158,6 +171,9 @@ class BenchResult:
     train: TrainingSpeed
     peak: MatmulPeak
     sampling: list[SamplingSpeed]
+    stops: StopSpeed
+    sampling_precision: str
+    cpu_capability: str
     prime_chars: int
     first_char_ms: float
     stepper_setup_ms: float
@@ -380,7 +396,7 @@ def measure_sampling(model: CharLSTM, generator: Generator, batch: int, length: 
                    length, rounds)
     elsewhere = generator.device.type if generator.device.type != model.head.weight.device.type else ""
     return SamplingSpeed(batch, rates["naive"] * batch, rates["charlstm"] * batch, rates["charlstm"] / rates["naive"],
-                         elsewhere)
+                         charlstm_device=elsewhere, precision=generator.precision)
 
 
 def measure_lstm_precision(model_config: ModelConfig, batch: tuple[int, int], device: torch.device,
@@ -404,6 +420,27 @@ def measure_lstm_precision(model_config: ModelConfig, batch: tuple[int, int], de
     bf16 = _best_seconds(lambda: step("bf16"), repeats, sync)
     chars = batch[0] * batch[1]
     return LstmPrecision(dtype, chars / fp32, chars / bf16, fp32 / bf16)
+
+
+def measure_stops(generator: Generator, batch: int, length: int, rounds: int) -> StopSpeed:
+    """Steps per second of a batch with no stop strings and of the same batch (same seed) with stops that end
+    its first half midway: each of those rows stops on a four-character piece of its own unstopped text."""
+    plain = GenerationRequest("", length, num_samples=batch, seed=0)
+    texts = [result.text for result in generator.complete(plain)]
+    early = min(batch // 2, MAX_STOPS)
+    stopping = GenerationRequest("", length, num_samples=batch, seed=0,
+                                 stop=tuple(dict.fromkeys(text[length // 2 : length // 2 + 4] for text in texts[:early])))
+    stopped_early = sum(result.finish_reason == "stop" for result in generator.complete(stopping))
+
+    def timed(request: GenerationRequest) -> Callable[[int], float]:
+        def run(_: int) -> float:
+            start = time.perf_counter()
+            generator.complete(request)
+            return time.perf_counter() - start
+        return run
+
+    rates = _rates({"plain": timed(plain), "stops": timed(stopping)}, length, rounds)
+    return StopSpeed(batch, stopped_early, rates["plain"], rates["stops"], rates["stops"] / rates["plain"])
 
 
 def measure_first_char(generator: Generator, prime: str, tries: int) -> float:
@@ -450,11 +487,18 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
     torch.manual_seed(0)
     model = CharLSTM(model_config).to(device)
     vocab = bench_vocab(model_config.vocab_size)
-    generator = Generator(model, vocab, device=device, precision=precision)  # type: ignore[arg-type]
+    step_precision = sampling_precision(config.precision, device, model_config.hidden_size)
+    generator = Generator(model, vocab, device=device, precision=step_precision)
+    generators = [generator]
+    if step_precision != precision:  # what the chosen arithmetic gains over the training precision's, side by side
+        generators.append(Generator(model, vocab, device=device, precision=precision))  # type: ignore[arg-type]
     sampling = []
     for batch in (1, config.sample_batch):
-        on_phase(f"sampling at batch {batch}: Generator against a per-character nn.LSTM loop")
-        sampling.append(measure_sampling(model, generator, batch, config.sample_chars, config.rounds))
+        for each in generators:
+            on_phase(f"sampling at batch {batch} ({each.precision}): Generator against a per-character nn.LSTM loop")
+            sampling.append(measure_sampling(model, each, batch, config.sample_chars, config.rounds))
+    on_phase(f"sampling at batch {config.sample_batch} with half the rows stopping early, against no stops")
+    stops = measure_stops(generator, config.sample_batch, config.sample_chars, config.rounds)
     if device.type == "cuda":
         on_phase("sampling at batch 1 on the CPU's fused step against the GPU's plain loop")
         on_cpu = Generator(copy.deepcopy(model).cpu(), vocab, device="cpu", precision="auto")
@@ -471,7 +515,7 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
     setup_times = []
     for _ in range(3):
         start = time.perf_counter()
-        stepper = LSTMStepper(model, 1, precision)
+        stepper = LSTMStepper(model, 1, generator.precision)
         setup_times.append(time.perf_counter() - start)
     on_phase("memory bandwidth")
     bandwidth = measure_read_bandwidth(stepper.streamed_bytes, device=device)
@@ -491,6 +535,9 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
         train=train,
         peak=peak,
         sampling=sampling,
+        stops=stops,
+        sampling_precision=generator.precision,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
         prime_chars=config.prime_chars,
         first_char_ms=first_char * 1e3,
         stepper_setup_ms=statistics.median(setup_times) * 1e3,

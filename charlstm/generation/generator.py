@@ -10,16 +10,22 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..base.errors import CharlstmError
-from ..base.runtime import Precision, resolve_precision
+from ..base.runtime import autocast, resolve_precision
 from ..data.corpus import UnknownPolicy, Vocab
 from ..model.network import CharLSTM, State
-from ..model.stepper import LSTMStepper, ModelStepper, Stepper, forward_last
+from ..model.stepper import (
+    LSTMStepper,
+    ModelStepper,
+    Stepper,
+    forward_last,
+    int8_available,
+)
 from .controls import (
     CharLogprob,
     FinishReason,
@@ -82,8 +88,13 @@ class InPlaceDraw:
         self.plain = options.top_k is None and (options.top_p is None or options.top_p >= 1.0)
         self.log_min_p = math.log(options.min_p) if options.min_p else None
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """Ids (N,) drawn from CPU logits (N, V), which it may change; the result is a buffer the next draw overwrites."""
+    def __call__(self, logits: torch.Tensor, streams: torch.Tensor | None = None) -> torch.Tensor:
+        """Ids drawn from CPU logits (rows, V), which it may change; the result is a buffer the next draw overwrites.
+
+        ``streams`` names the stream of each row when some have finished: the random numbers are
+        still drawn for every stream, so a stream draws the same characters whether or not the
+        others have stopped (with top-k or top-p, which go through ``pick_next``, it does not).
+        """
         rows = logits.shape[0]
         if self.never is not None:
             logits[:, self.never] = float("-inf")
@@ -91,13 +102,37 @@ class InPlaceDraw:
             return torch.argmax(logits, dim=-1, out=self.ids[:rows])
         if not self.plain:
             return pick_next(logits, self.options, self.rng)
-        scores, noise = self.scores[:rows], self.noise[:rows]
+        scores = self.scores[:rows]
         torch.div(logits, self.options.temperature, out=scores)
         if self.log_min_p is not None:
             floor = scores.amax(dim=-1, keepdim=True).add_(self.log_min_p)
             scores.masked_fill_(scores < floor, float("-inf"))
-        scores.sub_(noise.exponential_(generator=self.rng).log_())
+        self.noise.exponential_(generator=self.rng)
+        noise = self.noise if streams is None or rows == len(self.noise) else self.noise.index_select(0, streams)
+        scores.sub_(noise.log_())
         return torch.argmax(scores, dim=-1, out=self.ids[:rows])
+
+
+SamplingPrecision = Literal["auto", "bf16", "fp32", "int8"]
+
+
+# Below this hidden size fbgemm's per-call quantisation costs more than int8 saves (bench on AVX2: 1x128 ran
+# batch 32 at 1.57x the plain loop in int8 against 1.96x in fp32; 2x384 at 2.28x against 1.51x).
+INT8_FROM_HIDDEN = 256
+
+
+def sampling_precision(precision: SamplingPrecision, device: torch.device, hidden_size: int = INT8_FROM_HIDDEN) -> str:
+    """The arithmetic of sampling steps: as :func:`resolve_precision` for training, except that ``auto`` on a
+    CPU without fast bf16 takes int8 weights for layers of at least ``INT8_FROM_HIDDEN`` units, which
+    ``charlstm bench`` measured well above the fp32 step rate there (emulated bf16 would be slower than fp32)."""
+    if precision == "int8":
+        if not int8_available(device):
+            raise CharlstmError("int8 sampling needs a CPU with PyTorch's fbgemm engine; use --precision fp32")
+        return "int8"
+    resolved = resolve_precision(precision, device)
+    if precision == "auto" and resolved == "fp32" and hidden_size >= INT8_FROM_HIDDEN and int8_available(device):
+        return "int8"
+    return resolved
 
 
 def _room(buffer: torch.Tensor, step: int) -> torch.Tensor:
@@ -165,9 +200,13 @@ class Generator:
     model's forward (:class:`ModelStepper`). ``precision`` "fp32" (the
     default) holds states and logits to the model's own forward within fp32
     rounding, which exact continuations rely on; "bf16" runs the matrix
-    products with bf16 weights, about twice as fast again; "auto" picks bf16
-    on CPUs that have fast bf16 (``charlstm sample`` does this by default). The fast step copies the weights when first
-    used: make a new Generator after changing the model.
+    products with bf16 weights, about twice as fast again; "int8" runs them
+    with int8 weights (one scale per row) through fbgemm, which pays on CPUs
+    without fast bf16; "auto" picks bf16 on CPUs that have fast bf16 and int8 on
+    the others for layers of 256 units and up (``charlstm sample`` does this by default; see
+    :func:`sampling_precision`). The prime is read in fp32 unless bf16 is chosen.
+    The fast step copies the weights when first used: make a new Generator after
+    changing the model.
     """
 
     def __init__(
@@ -175,12 +214,12 @@ class Generator:
         model: CharLSTM,
         vocab: Vocab,
         device: torch.device | str | None = None,
-        precision: Precision = "fp32",
+        precision: SamplingPrecision = "fp32",
     ):
         self.model = model
         self.vocab = vocab
         self.device = torch.device(device) if device is not None else model.head.weight.device
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = sampling_precision(precision, self.device, model.config.hidden_size)
         self.model.to(self.device).eval()
         self._idle_steppers: dict[int, list[Stepper]] = {}
         self._live_stepper: Stepper | None = None
@@ -348,6 +387,12 @@ class Generator:
         priming from a fresh one.
         """
         self.check_request(request)
+        if request.beam is not None:
+            result = self._beam_search(request, state, clock)
+            if deltas and result.text:
+                yield TextDelta(0, result.text, result.logprobs)
+            yield result
+            return
         started = clock()
         seed = request.seed if request.seed is not None else secrets.randbelow(2**63)
         samples, vocab = request.num_samples, self.vocab
@@ -377,7 +422,7 @@ class Generator:
                     logits = stepper.step(ids.to(self.device))
                 logits = logits.cpu()
                 logprobs = F.log_softmax(logits, dim=-1) if request.logprobs is not None else None
-                ids = draw(logits)
+                ids = draw(logits, alive)
                 book.write(alive, step, ids, logprobs)
                 ends = torch.zeros(len(ids), dtype=torch.bool) if step + 1 < request.length else torch.ones(len(ids), dtype=torch.bool)
                 matched = None
@@ -425,6 +470,109 @@ class Generator:
         finally:
             if stepper is not None:
                 self._release_stepper(stepper)
+
+    def _beam_search(self, request: GenerationRequest, state: State | None, clock: Callable[[], float]) -> SampleResult:
+        """The most probable continuation under the model, searched ``request.beam`` wide: the opposite of sampling.
+
+        Each step extends every live hypothesis by every character and keeps the ``beam`` best by
+        total log-probability. One that reaches a stop string or the line count is set aside as
+        finished (the beam narrows by one); the search ends when no live one can beat the best
+        finished one (a log-probability only falls as text grows) or at ``length``. The answer is
+        the finished text of highest total log-probability, so a short text that ends on a stop
+        can beat a long one. Width 1 is greedy decoding, stops included.
+        """
+        started = clock()
+        width, vocab, size = request.beam or 1, self.vocab, len(self.vocab)
+        prime_chars = len(self.encode_prime(request.prime, request.unknown))
+        state_before = state
+        logits, state = self.prime(request.prime, 1, request.unknown, state)
+        prime_seconds = clock() - started
+        matcher = StopMatcher(request.stop, vocab)
+        newline = vocab.chars.index("\n") if request.lines is not None and "\n" in vocab else None
+        never = vocab.unknown_id if size > 1 else None
+        scores = torch.zeros(1)
+        stop_states, lines_left = matcher.start(1), torch.full((1,), request.lines or 0)
+        # Per step, over that step's candidates: the row each extends, the character it adds; and which were kept.
+        parents: list[torch.Tensor] = []
+        chars: list[torch.Tensor] = []
+        kept: list[torch.Tensor] = []
+        finished: list[tuple[float, int, int, FinishReason, int]] = []  # (score, step, candidate, reason, cut)
+        stepper: Stepper | None = None
+        rows = ids = torch.zeros(1, dtype=torch.long)
+        try:
+            for step in range(request.length):
+                if step:
+                    if stepper is None:
+                        stepper = self._take_stepper(width)
+                        stepper.load_state(tuple(part.index_select(1, rows.to(part.device)) for part in state))
+                    else:
+                        stepper.keep_rows(rows.to(self.device))
+                    logits = stepper.step(ids.to(self.device))
+                logprobs = F.log_softmax(logits.cpu().float(), dim=-1)
+                if never is not None:
+                    logprobs[:, never] = float("-inf")
+                totals = (scores.unsqueeze(1) + logprobs).flatten()
+                best, flat = torch.topk(totals, min(width, totals.numel()))
+                parent, candidate_ids = flat // size, flat % size
+                candidate_states = matcher.advance(stop_states[parent], candidate_ids)
+                candidate_lines = lines_left[parent]
+                if newline is not None:
+                    candidate_lines = candidate_lines - (candidate_ids == newline).long()
+                stopping = matcher.matched[candidate_states] > 0
+                ending = stopping | (candidate_lines == 0) if newline is not None else stopping
+                parents.append(parent)
+                chars.append(candidate_ids)
+                for index in ending.nonzero().squeeze(1).tolist():
+                    reason: FinishReason = "stop" if stopping[index] else "lines"
+                    cut = int(matcher.matched[candidate_states[index]]) if reason == "stop" else 1
+                    finished.append((float(best[index]), step, index, reason, cut))
+                going = (~ending).nonzero().squeeze(1)[:width]
+                best_finished = max((entry[0] for entry in finished), default=float("-inf"))
+                if len(going) == 0 or float(best[going[0]]) <= best_finished:
+                    break  # nothing still growing can beat what has finished
+                if step + 1 == request.length:
+                    finished.append((float(best[going[0]]), step, int(going[0]), "length", 0))
+                    break
+                kept.append(going)
+                rows, ids, scores = parent[going], candidate_ids[going], best[going]
+                stop_states, lines_left = candidate_states[going], candidate_lines[going]
+        finally:
+            if stepper is not None:
+                self._release_stepper(stepper)
+        _, step, candidate, reason, cut = max(finished, key=lambda entry: entry[0])
+        path: list[int] = []
+        for back in range(step, -1, -1):  # from the chosen candidate back to the first step
+            path.append(int(chars[back][candidate]))
+            if back:
+                candidate = int(kept[back - 1][parents[back][candidate]])
+        path.reverse()
+        end = len(path) - (0 if request.keep_stop else cut)
+        stop_text = vocab.decode(path[len(path) - cut :]) if reason == "stop" else None
+        logprobs_out = None
+        if request.logprobs is not None:
+            logprobs_out = self.continuation_logprobs(request.prime, vocab.decode(path[:end]), request.logprobs,
+                                                      state_before, request.unknown)
+        return SampleResult(0, vocab.decode(path[:end]), reason, len(path), request.seed or 0, prime_chars,
+                            prime_seconds, clock() - started, logprobs_out, stop_text)
+
+    @torch.inference_mode()
+    def continuation_logprobs(self, prime: str, text: str, top: int, state: State | None = None,
+                              unknown: UnknownPolicy = "error") -> tuple[CharLogprob, ...]:
+        """How likely the model finds each character of ``text`` after ``prime`` (from ``state``): one forward pass."""
+        ids = self.encode_prime(text)
+        book = _Book(self.vocab, 1, max(1, len(ids)), top)
+        if len(ids) == 0:
+            return ()
+        first, after_prime = self.prime(prime, 1, unknown, state)
+        rows = [first.cpu()]
+        if len(ids) > 1:
+            with autocast(self.device, self.precision):
+                rest, _ = self.model(ids[:-1].unsqueeze(0).to(self.device), after_prime)
+            rows.append(rest[0].float().cpu())
+        logprobs = F.log_softmax(torch.cat(rows), dim=-1)
+        for step in range(len(ids)):
+            book.write(torch.zeros(1, dtype=torch.long), step, ids[step : step + 1], logprobs[step : step + 1])
+        return book.logprobs(0, 0, len(ids)) or ()
 
     def generate(
         self,

@@ -34,6 +34,7 @@ from ..base.reading import FileRefused, read_bytes, why_not_regular
 from ..data.corpus import UnknownPolicy
 from ..model.network import State
 from ..training.checkpoint import LoadedModel
+from .controls import MAX_LOGPROBS, CharLogprob
 from .generator import Generator, SamplingOptions
 
 Mode = Literal["fresh", "continue"]
@@ -66,6 +67,9 @@ class ReplSettings:
     num_samples: int = 1
     stop: tuple[str, ...] = ()
     mode: Mode = "fresh"
+    lines: int | None = None
+    min_p: float | None = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         self.sampling()  # refuses a bad temperature, top-k or top-p with a clear message
@@ -79,9 +83,13 @@ class ReplSettings:
             raise CharlstmError(f"mode must be fresh or continue, not {self.mode!r}")
         if any(not stop for stop in self.stop):
             raise CharlstmError("a stop string cannot be empty")
+        if self.lines is not None and self.lines < 1:
+            raise CharlstmError(f":lines takes a number of lines, 1 or more, or off; not {self.lines}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise CharlstmError(f":logprobs takes 0 to {MAX_LOGPROBS} alternatives, or off; not {self.logprobs}")
 
     def sampling(self) -> SamplingOptions:
-        return SamplingOptions(self.temperature, self.top_k, self.top_p)
+        return SamplingOptions(self.temperature, self.top_k, self.top_p, self.min_p)
 
     def summary(self) -> str:
         """The settings in the words the commands use, short enough for a prompt: ``temp=0.8 len=300 seed=7``."""
@@ -90,6 +98,12 @@ class ReplSettings:
             parts.append(f"topk={self.top_k}")
         if self.top_p is not None:
             parts.append(f"topp={self.top_p:g}")
+        if self.min_p is not None:
+            parts.append(f"minp={self.min_p:g}")
+        if self.lines is not None:
+            parts.append(f"lines={self.lines}")
+        if self.logprobs is not None:
+            parts.append(f"logprobs={self.logprobs}")
         if self.seed is not None:
             parts.append(f"seed={self.seed}")
         if self.num_samples > 1:
@@ -177,6 +191,9 @@ SETTINGS: dict[str, Setting] = {
     "topp": Setting("top_p", "P|off", "draw only from the likeliest characters that together reach P", _number(float, True), OFF_WORDS[:1]),
     "seed": Setting("seed", "N|off", "seed every turn with N (the same text gets the same continuation); off: a new seed each turn", _number(int, True), OFF_WORDS[:1]),
     "n": Setting("num_samples", "N", f"continuations per turn, 1 to {MAX_SAMPLES} (the first streams, the rest follow)", _number(int)),
+    "lines": Setting("lines", "N|off", "end a continuation after N newlines", _number(int, True), OFF_WORDS[:1]),
+    "min-p": Setting("min_p", "P|off", "draw only characters at least P times as likely as the likeliest", _number(float, True), OFF_WORDS[:1]),
+    "logprobs": Setting("logprobs", "K|off", "after each turn, a heat line of how likely each character was (and K alternatives in :save)", _number(int, True), OFF_WORDS[:1]),
     "mode": Setting("mode", "fresh|continue", "fresh: each turn starts over; continue: the model's state carries across turns", _mode, MODES),
 }
 
@@ -196,7 +213,8 @@ def apply_setting(settings: ReplSettings, name: str, args: list[str]) -> ReplSet
 
 
 def _example(name: str) -> str:
-    return {"temp": "0.8", "len": "400", "topk": "20", "topp": "0.9", "seed": "7", "n": "3", "mode": "continue"}[name]
+    return {"temp": "0.8", "len": "400", "topk": "20", "topp": "0.9", "seed": "7", "n": "3", "mode": "continue",
+            "lines": "1", "min-p": "0.05", "logprobs": "3"}[name]
 
 
 @dataclass(frozen=True)
@@ -235,8 +253,9 @@ class TurnRecord:
     continuations: list[str]
     settings: ReplSettings
     seed: int
-    ended: str  # "length", "stop" or "interrupted"
+    ended: str  # "length", "stop", "lines" or "interrupted"
     seconds: float
+    logprobs: tuple[CharLogprob, ...] | None = None  # of the first continuation, with :logprobs on
 
     @property
     def chars_per_second(self) -> float:
@@ -280,6 +299,7 @@ class Turn:
         stream = generator.stream(self._prime, settings.length, settings.sampling(), settings.num_samples,
                                   self.seed, "error", self._state)
         finished = [False] * settings.num_samples
+        reasons = ["length"] * settings.num_samples
         try:
             for _ in range(settings.length):
                 if self._interrupted:
@@ -294,14 +314,15 @@ class Turn:
                         continue
                     piece = self.continuations[index]
                     piece.append(char)
-                    if self._ends_with_stop(piece):
-                        finished[index] = True
+                    reason = self._ending(piece)
+                    if reason is not None:
+                        finished[index], reasons[index] = True, reason
                         if index == 0:
                             self._carry = (_first_stream_state(generator.last_state), char)
                 if first_grew:
                     yield chars[0]
                 if all(finished):
-                    self.ended = "stop"
+                    self.ended = reasons[0]
                     break
             if self._carry is None and self.continuations[0]:
                 self._carry = (_first_stream_state(generator.last_state), self.continuations[0][-1])
@@ -309,15 +330,23 @@ class Turn:
             stream.close()
         if self._carry is None:  # interrupted before the first character: nothing was fed
             self._carry = (self._state, self._prime)
+        seconds = time.perf_counter() - started
+        first = "".join(self.continuations[0])
+        logprobs = None
+        if settings.logprobs is not None and first:
+            logprobs = generator.continuation_logprobs(self._prime, first, settings.logprobs, self._state)
         self.record = TurnRecord(self.text, ["".join(p) for p in self.continuations], settings, self.seed,
-                                 self.ended, time.perf_counter() - started)
+                                 self.ended, seconds, logprobs)
         self.session.finish_turn(self, *self._carry)
 
-    def _ends_with_stop(self, piece: list[str]) -> bool:
+    def _ending(self, piece: list[str]) -> str | None:
+        """Why a continuation ends with its latest character ("stop", "lines"), or None; stops and newlines stay in the text."""
         for stop in self.settings.stop:
             if len(piece) >= len(stop) and "".join(piece[-len(stop):]) == stop:
-                return True
-        return False
+                return "stop"
+        if self.settings.lines is not None and piece[-1] == "\n" and piece.count("\n") == self.settings.lines:
+            return "lines"
+        return None
 
 
 class ReplSession:

@@ -418,7 +418,7 @@ ECHO_SECONDS = 2.0
 @checkpoint_option
 @click.option("--prime", default="", help="Text to start from; the sample continues it. '-' reads it from standard input.")
 @click.option("--prime-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the text to start from from this file (long ones are read at the model's sequence speed).")
-@click.option("--length", type=click.IntRange(1, 10_000_000), default=500, show_default=True, help="Characters to generate at most (a stop or --lines may end a sample sooner).")
+@click.option("--length", type=click.IntRange(min=1), default=500, show_default=True, help="Characters to generate at most (a stop or --lines may end a sample sooner).")
 @click.option("--stop", multiple=True, help=r"End a sample where it writes this string (escapes such as \n\n work); repeatable. Left out of the text unless --keep-stop.")
 @click.option("--keep-stop", is_flag=True, help="Keep the stop string (or the last newline of --lines) at the end of the text.")
 @click.option("--lines", type=click.IntRange(min=1), help="End a sample after this many newlines (one line per item: --lines 1).")
@@ -430,16 +430,18 @@ ECHO_SECONDS = 2.0
 @click.option("-n", "--num-samples", type=click.IntRange(1, 4096), default=1, show_default=True, help="Number of samples, drawn as one batch; each ends on its own.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample: text, finish_reason, characters, seed, checkpoint, timing.")
 @click.option("--logprobs", type=click.IntRange(0, 20), help="With --json: each character's log-probability and the K likeliest alternatives with theirs.")
+@click.option("--beam", type=click.IntRange(1, 64), help="Instead of sampling, search W wide for the most probable continuation (deterministic; 1 is greedy).")
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
 @which_option
 @device_option("cpu")
-@precision_option(PRECISIONS, "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
+@precision_option([*PRECISIONS, "int8"], "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, int8 on other CPUs (hidden size 256 and up), else fp32.")
 @click.option("--adapt-to", type=click.Path(path_type=Path), help="First let the model learn from this text as dynamic "
               "evaluation does ('eval --dynamic', default rates), in memory only, then sample in its style.")
 def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length: int, stop: tuple[str, ...],
            keep_stop: bool, lines: int | None, temperature: float, top_k: int | None, top_p: float | None,
            min_p: float | None, seed: int | None, num_samples: int, as_json: bool, logprobs: int | None,
-           unknown: str, which: str, device: str, precision: str, adapt_to: Path | None) -> None:
+           beam: int | None, unknown: str, which: str, device: str, precision: str,
+           adapt_to: Path | None) -> None:
     """Generate text from a trained model and stream it to stdout."""
     import dataclasses
     import itertools
@@ -461,7 +463,7 @@ def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length:
         raise click.UsageError("--logprobs is printed with --json; add --json")
     request = GenerationRequest(
         prime, length, SamplingOptions(temperature, top_k, top_p, min_p), num_samples, seed, unknown,  # type: ignore[arg-type]
-        tuple(unescape(s) for s in stop), keep_stop, lines, logprobs,
+        tuple(unescape(s) for s in stop), keep_stop, lines, logprobs, beam,
     )
     loaded = load(_or_base_model(checkpoint), device=resolve_sampling_device(device, num_samples), prefer=which)
     if adapt_to is not None:

@@ -6,6 +6,7 @@ generation layer, so the benchmark and the server drive the same code a user's E
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import sys
@@ -24,6 +25,7 @@ from rich.text import Text
 from ..base.errors import CharlstmError
 from ..base.fsutil import user_dir
 from ..data.corpus import UnknownPolicy
+from ..generation.controls import CharLogprob
 from ..generation.session import (
     OFF_WORDS,
     SETTINGS,
@@ -296,7 +298,7 @@ class Repl:
                 self.view.stream(char)
         assert turn.record is not None
         self.view.end_turn(turn.record.text, turn.record.continuations, turn.record.ended,
-                           turn.record.chars_per_second, turn.record.seed)
+                           turn.record.chars_per_second, turn.record.seed, turn.record.logprobs)
 
     def _ask_about_unknown(self, unknown: list[str]) -> UnknownPolicy | None:
         """Drop the unseen characters (``skip``), read them as the unknown symbol (``replace``), or re-type (None)."""
@@ -318,6 +320,22 @@ def _current(settings: ReplSettings, name: str) -> str:
         return ""
     value = getattr(settings, SETTINGS[name].field)
     return "off" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+HEAT_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def heat_line(logprobs: tuple[CharLogprob, ...]) -> Text:
+    """One block per character of the continuation: taller and greener the likelier the model found it."""
+    line = Text()
+    for entry in logprobs:
+        probability = math.exp(entry.logprob)
+        level = min(len(HEAT_BLOCKS) - 1, int(probability * len(HEAT_BLOCKS)))
+        red, green = int(255 * (1 - probability)), int(200 * probability + 55)
+        line.append(HEAT_BLOCKS[level], style=Style(color=f"rgb({red},{green},60)"))
+    bits = -sum(entry.logprob for entry in logprobs) / len(logprobs) / math.log(2)
+    line.append(f"  {bits:.2f} bits/char", style="dim")
+    return line
 
 
 def run(loaded: LoadedModel, settings: ReplSettings, view: "ReplView", load_model: LoadModel,
@@ -419,7 +437,8 @@ class ReplView:
         self.out.file.flush()
         self._at_line_start = char == "\n"
 
-    def end_turn(self, text: str, continuations: list[str], ended: str, chars_per_second: float, seed: int) -> None:
+    def end_turn(self, text: str, continuations: list[str], ended: str, chars_per_second: float, seed: int,
+                 logprobs: tuple[CharLogprob, ...] | None = None) -> None:
         if not self.interactive:
             if len(continuations) == 1:
                 write_text("\n")
@@ -429,10 +448,13 @@ class ReplView:
         if not self._at_line_start:
             self.out.file.write("\n")
         self.out.file.flush()
+        if logprobs:
+            self.out.print(heat_line(logprobs), soft_wrap=True)
         for index, continuation in enumerate(continuations[1:], 2):
             self.out.print(f"[dim]── continuation {index} of {len(continuations)} ──[/]")
             self.out.print(Text(text) + Text(continuation, style=self.CONTINUATION), soft_wrap=True)
-        how = {"length": "", "stop": " · stopped at a stop string", "interrupted": " · interrupted"}[ended]
+        how = {"length": "", "stop": " · stopped at a stop string", "lines": " · stopped after the lines asked for",
+               "interrupted": " · interrupted"}[ended]
         self.out.print(f"[dim]{len(continuations[0])} chars · {chars_per_second:.0f} chars/s · seed {seed}{how}[/]")
 
     def help(self, rows: list[tuple[str, str, str]]) -> None:

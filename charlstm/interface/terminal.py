@@ -414,8 +414,8 @@ def print_bench(result: "BenchResult") -> None:
     m, train, memory = result.model, result.train, result.memory
     title = (
         f"charlstm bench — {result.size}: LSTM {m['num_layers']}x{m['hidden_size']}, embedding {m['emb_size']}, "
-        f"vocabulary {m['vocab_size']} ({format_count(result.parameters)} parameters), precision {result.precision}, "
-        f"{result.threads} thread{'s' if result.threads != 1 else ''}"
+        f"vocabulary {m['vocab_size']} ({format_count(result.parameters)} parameters), precision {result.precision} "
+        f"(sampling {result.sampling_precision}), CPU {result.cpu_capability}, {result.threads} thread{'s' if result.threads != 1 else ''}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("measure")
@@ -436,9 +436,15 @@ def print_bench(result: "BenchResult") -> None:
     )
     for speed in result.sampling:
         table.add_row(
-            f"sampling, batch {speed.batch}",
+            f"sampling, batch {speed.batch} ({speed.precision} steps)",
             _rate(speed.charlstm_chars_per_sec), _rate(speed.naive_chars_per_sec), f"{speed.ratio:.2f}x",
         )
+    stops = result.stops
+    table.add_row(
+        f"  batch {stops.batch}, {stops.stopped_early} rows stopping early (charlstm without stops in the plain column)",
+        f"{format_count(stops.stop_steps_per_sec)} steps/s", f"{format_count(stops.no_stop_steps_per_sec)} steps/s",
+        f"{stops.ratio:.2f}x",
+    )
     if result.other_runtime is not None:
         other = result.other_runtime
         table.add_row(f"sampling, batch 1, beside {other.runtime}", _rate(other.charlstm_steps_per_sec),

@@ -127,6 +127,10 @@ CASES: dict[str, tuple[Setup, str]] = {
     "unknown encoding": (train_on(b"text", "--encoding", "klingon"), "unknown text encoding 'klingon'; try --encoding utf-8"),
     # checkpoints
     "missing checkpoint": (lambda ws, run: ("sample", "-c", str(ws / "none")), "checkpoint not found: {ws}/none"),
+    "missing text to adapt to": (
+        lambda ws, run: ("sample", "-c", str(run), "--length", "5", "--adapt-to", str(ws / "gone.txt")),
+        "{ws}/gone.txt does not exist; give the path of a text file",
+    ),
     "no runs at all": (lambda ws, run: ("info",), "no trained runs under checkpoints/; run 'charlstm train' first or pass -c CHECKPOINT"),
     "truncated weights": (
         damaged_checkpoint(lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:700])),

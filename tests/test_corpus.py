@@ -72,7 +72,7 @@ def test_unusable_files_are_refused(tmp_path, content, message):
 
 
 def test_missing_file_and_directory_are_refused(tmp_path):
-    with pytest.raises(CorpusError, match="not found"):
+    with pytest.raises(CorpusError, match="does not exist; give the path of a text file"):
         read_text(tmp_path / "nope.txt")
     with pytest.raises(CorpusError, match="directory"):
         read_text(tmp_path)

@@ -106,7 +106,7 @@ def test_score_lines_refuses_bad_input_in_one_line(trained_run, tmp_path):
     run = ("score", "--lines", str(lines), "-c", str(trained_run))
     assert "2 labels for 4 lines" in main_outcome(*run, "--labels", str(short)).error_line
     assert "must be 0 or 1" in main_outcome(*run, "--labels", str(wrong)).error_line
-    assert "not found" in main_outcome("score", "--lines", str(tmp_path / "nope"), "-c", str(trained_run)).error_line
+    assert "does not exist; give the path of a text file" in main_outcome("score", "--lines", str(tmp_path / "nope"), "-c", str(trained_run)).error_line
     assert "leave out TEXT" in main_outcome(*run, "hello").error_line
     assert "--jsonl goes with --lines" in main_outcome("score", "hi", "-c", str(trained_run), "--jsonl").error_line
     no_ones = tmp_path / "zeros.txt"

@@ -153,7 +153,7 @@ def read_text(path: str | Path, options: TextOptions = TextOptions()) -> str:
     """Read one text file; every way it can be unusable ends in a CorpusError."""
     path = Path(path)
     if not path.exists():
-        raise CorpusError(f"corpus file not found: {path}")
+        raise CorpusError(f"{path} does not exist; give the path of a text file")  # a corpus, a text to score, labels…
     if path.is_dir():
         raise CorpusError(f"{path} is a directory; give a text file")
     try:

@@ -87,11 +87,57 @@ def test_the_speed_probe_measures_once_and_remembers(monkeypatch, tmp_path):
     from charlstm.training import sizing
 
     monkeypatch.setenv("CHARLSTM_SPEED_CACHE", str(tmp_path / "speed.json"))
-    first = sizing.cached_speed_probe(65, "cpu", "fp32")("tiny")
+    first = sizing.cached_speed_probe(65, "cpu", "fp32", busy=lambda: 0.0)("tiny")
     assert first > 0 and (tmp_path / "speed.json").is_file()
 
     def measured_again(*args, **kwargs):
         raise AssertionError("a cached speed was measured again")
 
     monkeypatch.setattr(sizing, "measure_speed", measured_again)
-    assert sizing.cached_speed_probe(65, "cpu", "fp32")("tiny") == first
+    assert sizing.cached_speed_probe(65, "cpu", "fp32", busy=lambda: 0.0)("tiny") == first
+
+
+def test_a_speed_measured_while_the_machine_is_busy_sizes_that_run_only(monkeypatch, tmp_path):
+    import torch
+
+    from charlstm.training import sizing
+
+    monkeypatch.setenv("CHARLSTM_SPEED_CACHE", str(tmp_path / "speed.json"))
+    monkeypatch.setattr(sizing.os, "cpu_count", lambda: 2)
+    threads_while_measuring = []
+
+    def measure(*args, **kwargs):
+        threads_while_measuring.append(torch.get_num_threads())
+        return 400.0
+
+    monkeypatch.setattr(sizing, "measure_speed", measure)
+    told = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        busy_probe = sizing.cached_speed_probe(65, "cpu", "fp32", on_busy=lambda name, load: told.append((name, load)),
+                                               busy=lambda: 1.4)
+        assert busy_probe("small") == 400.0
+        assert threads_while_measuring == [1]  # the threads the governor would leave beside 1.4 busy cores
+        assert torch.get_num_threads() == 2  # and restored after
+    finally:
+        torch.set_num_threads(before)
+    assert told == [("small", 1.4)]
+    assert not (tmp_path / "speed.json").exists()  # not remembered: the next run measures again
+
+    monkeypatch.setattr(sizing, "measure_speed", lambda *args, **kwargs: 10_500.0)
+    quiet_probe = sizing.cached_speed_probe(65, "cpu", "fp32", on_busy=lambda name, load: told.append((name, load)),
+                                            busy=lambda: 0.1)
+    assert quiet_probe("small") == 10_500.0 and len(told) == 1
+    assert (tmp_path / "speed.json").is_file()
+
+
+def test_a_busy_probe_never_undercuts_the_days_quiet_figure(monkeypatch, tmp_path):
+    from charlstm.training import sizing
+
+    monkeypatch.setenv("CHARLSTM_SPEED_CACHE", str(tmp_path / "speed.json"))
+    monkeypatch.setattr(sizing, "measure_speed", lambda *args, **kwargs: 10_500.0)
+    sizing.cached_speed_probe(65, "cpu", "fp32", busy=lambda: 0.0)("small")
+    monkeypatch.setattr(sizing.time, "time", lambda real=sizing.time.time: real() + 2 * sizing.FRESH_SECONDS)
+    monkeypatch.setattr(sizing, "measure_speed", lambda *args, **kwargs: 400.0)
+    assert sizing.cached_speed_probe(65, "cpu", "fp32", busy=lambda: 1.8)("small") == 10_500.0

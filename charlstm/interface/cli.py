@@ -198,8 +198,12 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
         if not single:
             probe = REFERENCE_SPEEDS.__getitem__  # every rank must pick the same shape: no per-rank timing
         else:
-            probe = cached_speed_probe(len(data.vocab), choices.device, choices.precision,
-                                       on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"))
+            probe = cached_speed_probe(
+                len(data.vocab), choices.device, choices.precision,
+                on_measure=lambda name: console.phase(f"the training speed of the {name} shape (cached for a day)"),
+                on_busy=lambda name, load: console.note(
+                    f"other programs kept {load:.1f} cores busy while the {name} shape was timed: its speed sizes "
+                    "this run only and is measured again next time"))
         model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)  # type: ignore[assignment]
     _check_fits(model_config, train_config)
     reporter = console.ConsoleTrainReporter()

@@ -6,6 +6,10 @@ machine trains each candidate shape (a few steps, cached per machine for a day) 
 from the characters it will actually process, against the corpus it will read them from. Runs
 budgeted in steps or epochs know their characters without measuring.
 
+A probe taken while other programs keep the machine busy is used for that run only, never remembered:
+one taken beside a test suite once read 0.4k chars/s on a machine that then trained at 10.5k, chose the
+smaller shape, and would have chosen it for every run of the day.
+
 The thresholds come from tiny Shakespeare runs (benchmarks/RESULTS.md): 2x256 beats 2x384 until
 2x384 can read about 5M characters (four to five minutes on a CPU with AMX), and 2x512 pays only
 past about 30M; a corpus read more than about six times over needs dropout.
@@ -21,7 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from ..base.fsutil import atomic_write_text, user_dir
-from ..base.runtime import Precision
+from ..base.runtime import BusyElsewhere, Precision, threads_for
 from ..model.config import ModelConfig
 from .config import NanPolicy, TrainConfig
 from .presets import ALL_PRESETS, DEFAULT_TIME_BUDGET, PRESETS, Preset
@@ -37,6 +41,8 @@ TRAINING_SHARE = 0.9
 FRESH_SECONDS = 3600  # re-measured after an hour...
 CACHE_SECONDS = 24 * 3600  # ...keeping the best figure of the day
 SPEED_CACHE_ENV = "CHARLSTM_SPEED_CACHE"
+# Cores other programs keep busy, on average during a probe, beyond which its figure is not remembered.
+BUSY_CORES = 0.5
 
 SpeedProbe = Callable[[str], float]  # preset name -> training characters per second on this machine
 
@@ -125,7 +131,8 @@ def measure_speed(preset_name: str, vocab_size: int, device: str, precision: Pre
                   batch_size: int | None = None, seq_len: int | None = None) -> float:
     """Training characters per second of a preset on this machine: one untimed step, then ``steps``
     timed ones of the real training step (forward, backward, AdamW) on random characters; at the preset's
-    batch shape unless another is given (the CUDA rule grows it)."""
+    batch shape unless another is given (the CUDA rule grows it). The fastest step counts: a moment
+    when another program took the core says nothing about the shape."""
     import torch
     import torch.nn.functional as F
 
@@ -152,20 +159,32 @@ def measure_speed(preset_name: str, vocab_size: int, device: str, precision: Pre
         loss.item()
 
     step()
-    started = time.perf_counter()
+    fastest = float("inf")
     for _ in range(steps):
+        started = time.perf_counter()
         step()
-    return steps * batch_size * seq_len / (time.perf_counter() - started)
+        fastest = min(fastest, time.perf_counter() - started)
+    return batch_size * seq_len / fastest
 
 
 def cached_speed_probe(vocab_size: int, device: str, precision: Precision,
-                       on_measure: Callable[[str], None] | None = None) -> SpeedProbe:
+                       on_measure: Callable[[str], None] | None = None,
+                       on_busy: Callable[[str, float], None] | None = None,
+                       busy: Callable[[], float] | None = None) -> SpeedProbe:
     """A probe that measures each preset at most once an hour and remembers the best figure of the day in the
     user's cache folder: a machine's speed does not change between two runs, but a busy moment would
-    understate it, so a lower measurement never replaces a higher one of the same day."""
+    understate it, so a lower measurement never replaces a higher one of the same day.
+
+    While other programs keep more than :data:`BUSY_CORES` busy (``busy`` reads it, as the thread governor
+    does), the probe runs on the threads the governor would leave the run, so its figure is what the run
+    gets while the load lasts; it sizes this run only and is not remembered (``on_busy`` hears of it).
+    """
     path = user_dir("cache", "speed.json", SPEED_CACHE_ENV)
+    busy_elsewhere = busy or BusyElsewhere()
 
     def probe(name: str) -> float:
+        import torch
+
         key = _machine_key(device, precision, name)
         try:
             known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and path.stat().st_size < 1 << 20 else {}
@@ -179,11 +198,20 @@ def cached_speed_probe(vocab_size: int, device: str, precision: Precision,
             return float(entry["chars_per_sec"])
         if on_measure is not None:
             on_measure(name)
-        speed = measure_speed(name, vocab_size, device, precision)
+        threads = torch.get_num_threads()
+        load_before = busy_elsewhere()
+        torch.set_num_threads(threads_for(os.cpu_count() or 1, load_before, threads))
+        try:
+            speed = measure_speed(name, vocab_size, device, precision)
+        finally:
+            torch.set_num_threads(threads)
+        load = max(load_before, busy_elsewhere())  # the second reading averages over the measurement
         if age < CACHE_SECONDS:
-            # What the machine can do is its best figure: a measurement taken while it was busy
-            # must not shrink every run of the day (the thread governor handles busy moments).
-            speed = max(speed, float(entry["chars_per_sec"]))
+            speed = max(speed, float(entry["chars_per_sec"]))  # the day's best figure is what the machine can do
+        if load > BUSY_CORES:
+            if on_busy is not None:
+                on_busy(name, load)
+            return speed
         known[key] = {"chars_per_sec": speed, "at": time.time()}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,14 +26,21 @@ def picks(speeds: dict[str, float], seconds: float, corpus: int = SHAKESPEARE_CH
 
 
 def test_size_grows_with_the_characters_a_run_can_read():
-    assert [picks(FAST_CPU, s) for s in (60, 180, 240, 600, 3600, 4 * 3600)] == [
-        "small", "small", "small", "medium", "medium", "large"]
+    assert [picks(FAST_CPU, s) for s in (30, 60, 180, 240, 600, 3600, 4 * 3600)] == [
+        "compact", "wide", "wide", "wide", "medium", "medium", "large"]
 
 
 def test_a_slower_machine_gets_the_shape_its_characters_afford():
-    # Four times slower: ten minutes read what 2.5 minutes read on the fast CPU, so 2x256 stays.
-    assert picks(SLOW_CPU, 600) == "small"
+    # Four times slower: ten minutes read what 2.5 minutes read on the fast CPU, so the one-layer 1x384 stays.
+    assert picks(SLOW_CPU, 60) == "compact"
+    assert picks(SLOW_CPU, 600) == "wide"
     assert picks(SLOW_CPU, 4 * 600) == "medium"
+
+
+def test_short_runs_get_one_layer_and_small_batches():
+    for name in ("compact", "wide"):
+        assert (PRESETS[name].num_layers, PRESETS[name].batch_size) == (1, 16)
+    assert PRESETS["compact"].hidden_size < PRESETS["wide"].hidden_size
 
 
 def test_small_corpora_get_small_models_whatever_the_budget():
@@ -52,9 +59,10 @@ def test_step_and_epoch_budgets_are_sized_without_measuring():
 
 
 def test_the_rule_in_characters():
-    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS["medium"] - 1) == "small"
+    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS["wide"] - 1) == "compact"
+    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS["medium"] - 1) == "wide"
     assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS[name]) == "large"
-    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS["medium"] if name == "medium" else 0) == "medium"
+    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS[name] if name != "large" else 0) == "medium"
 
 
 def test_runs_that_read_their_corpus_many_times_get_dropout():

@@ -10,9 +10,11 @@ A probe taken while other programs keep the machine busy is used for that run on
 one taken beside a test suite once read 0.4k chars/s on a machine that then trained at 10.5k, chose the
 smaller shape, and would have chosen it for every run of the day.
 
-The thresholds come from tiny Shakespeare runs (benchmarks/RESULTS.md): 2x256 beats 2x384 until
-2x384 can read about 5M characters (four to five minutes on a CPU with AMX), and 2x512 pays only
-past about 30M; a corpus read more than about six times over needs dropout.
+The thresholds come from tiny Shakespeare runs (benchmarks/RESULTS.md). A run that reads few
+characters learns most from many small steps: one layer, 16-stream batches (1x192, then 1x384 once it
+can read about 2M characters) beat 2x256 at 30 s, 1 m and 3 m on a 2-core AVX2 CPU. 2x384 pays once it
+can read about 5M characters (four to five minutes on a CPU with AMX), 2x512 only past about 30M; a
+corpus read more than about six times over needs dropout.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from .config import NanPolicy, TrainConfig
 from .presets import ALL_PRESETS, DEFAULT_TIME_BUDGET, PRESETS, Preset
 
 # Characters a preset must be able to read within the budget before it is chosen over a smaller one.
-MIN_CHARS = {"medium": 5_000_000, "large": 30_000_000}
+MIN_CHARS = {"wide": 2_000_000, "medium": 5_000_000, "large": 30_000_000}
+LADDER = ("wide", "medium", "large")  # above "compact", for corpora big enough to feed them
 # Corpora smaller than these keep a small model whatever the budget: there is not enough text to feed more.
 TINY_CORPUS, SMALL_CORPUS = 50_000, 300_000
 # Passes over the corpus beyond which a model overfits without dropout.
@@ -47,8 +50,10 @@ BUSY_CORES = 0.5
 SpeedProbe = Callable[[str], float]  # preset name -> training characters per second on this machine
 
 # Training characters per second of each preset on the 2-core AMX machine the thresholds were fitted
-# on (bf16). Used where measuring is not possible: the ranks of a torchrun run must agree on one shape.
-REFERENCE_SPEEDS = {"tiny": 90_000.0, "small": 34_000.0, "medium": 15_500.0, "large": 9_000.0}
+# on (bf16); compact and wide scaled from small by their speed ratios on a 2-core AVX2 CPU (3.0x, 1.28x).
+# Used where measuring is not possible: the ranks of a torchrun run must agree on one shape.
+REFERENCE_SPEEDS = {"tiny": 90_000.0, "compact": 102_000.0, "wide": 43_500.0, "small": 34_000.0, "medium": 15_500.0,
+                    "large": 9_000.0}
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,8 @@ def choose_size(corpus_chars: int, train_chars: int, budget_chars: Callable[[str
         return "tiny"
     if corpus_chars < SMALL_CORPUS:
         return "small"
-    chosen = "small"
-    for name in ("medium", "large"):
+    chosen = "compact"
+    for name in LADDER:
         if budget_chars(name) < MIN_CHARS[name]:
             break
         chosen = name

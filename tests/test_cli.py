@@ -53,3 +53,13 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     done = run_cli("--debug", "train", str(tmp_path / "missing.txt"))
     assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+def test_a_speed_timed_on_a_busy_machine_is_said_to_size_this_run_only(tmp_path, tiny_corpus_file, monkeypatch):
+    from charlstm.training import sizing
+
+    monkeypatch.setattr(sizing, "BusyElsewhere", lambda: (lambda: 1.5))  # other programs keep 1.5 cores busy
+    monkeypatch.setattr(sizing, "measure_speed", lambda *args, **kwargs: 50_000.0)
+    done = CliRunner().invoke(cli, ["train", str(tiny_corpus_file), "--time", "2s", "--out", str(tmp_path), "--precision", "fp32"])
+    assert done.exit_code == 0, done.output
+    assert "other programs kept 1.5 cores busy while the tiny shape was timed" in " ".join(done.stderr.split())

@@ -59,10 +59,10 @@ def test_step_and_epoch_budgets_are_sized_without_measuring():
 
 
 def test_the_rule_in_characters():
-    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS["wide"] - 1) == "compact"
-    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS["medium"] - 1) == "wide"
-    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS[name]) == "large"
-    assert choose_size(10**6, 9 * 10**5, lambda name: MIN_CHARS[name] if name != "large" else 0) == "medium"
+    assert choose_size(10**6, lambda name: MIN_CHARS["wide"] - 1) == "compact"
+    assert choose_size(10**6, lambda name: MIN_CHARS["medium"] - 1) == "wide"
+    assert choose_size(10**6, lambda name: MIN_CHARS[name]) == "large"
+    assert choose_size(10**6, lambda name: MIN_CHARS[name] if name != "large" else 0) == "medium"
 
 
 def test_runs_that_read_their_corpus_many_times_get_dropout():

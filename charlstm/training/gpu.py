@@ -23,10 +23,9 @@ from .config import TrainConfig
 from .presets import ALL_PRESETS, DEFAULT_TIME_BUDGET, Preset
 from .sizing import (
     MIN_CHARS,
-    SMALL_CORPUS,
-    TINY_CORPUS,
     TRAINING_SHARE,
     RunChoices,
+    choose_size,
     given,
     measure_speed,
 )
@@ -101,16 +100,7 @@ def grow_batch(probe: Callable[[int, int], float | None], start: tuple[int, int]
 
 def choose_gpu_size(corpus_chars: int, budget_chars: Callable[[str], float]) -> str:
     """The CPU rule on the GPU ladder: the largest model that reads enough characters to beat the smaller one."""
-    if corpus_chars < TINY_CORPUS:
-        return "tiny"
-    if corpus_chars < SMALL_CORPUS:
-        return "small"
-    chosen = "small"
-    for name in GPU_LADDER:
-        if budget_chars(name) < GPU_MIN_CHARS[name]:
-            break
-        chosen = name
-    return chosen
+    return choose_size(corpus_chars, budget_chars, first="small", ladder=GPU_LADDER, min_chars=GPU_MIN_CHARS)
 
 
 def gpu_dropout(preset: Preset, epochs: float) -> float:

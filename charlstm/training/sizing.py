@@ -92,8 +92,10 @@ def expected_chars(train_config: TrainConfig, train_chars: int, chars_per_sec: f
     return min(limits) if limits else float("inf")
 
 
-def choose_size(corpus_chars: int, train_chars: int, budget_chars: Callable[[str], float]) -> str:
-    """The largest preset that can read enough characters to beat the next smaller one.
+def choose_size(corpus_chars: int, budget_chars: Callable[[str], float], first: str = "compact",
+                ladder: tuple[str, ...] = LADDER, min_chars: dict[str, int] = MIN_CHARS) -> str:
+    """The largest preset that can read enough characters to beat the next smaller one, climbing
+    ``ladder`` from ``first`` (the GPU rule climbs its own ladder from another rung).
 
     ``budget_chars(name)`` says how many characters a run of that preset would train on.
     """
@@ -101,9 +103,9 @@ def choose_size(corpus_chars: int, train_chars: int, budget_chars: Callable[[str
         return "tiny"
     if corpus_chars < SMALL_CORPUS:
         return "small"
-    chosen = "compact"
-    for name in LADDER:
-        if budget_chars(name) < MIN_CHARS[name]:
+    chosen = first
+    for name in ladder:
+        if budget_chars(name) < min_chars[name]:
             break
         chosen = name
     return chosen
@@ -296,7 +298,7 @@ def choose_configs(
             speeds[name] = speed_probe(name)
         return expected_chars(train_config_for(PRESETS[name]), train_chars, speeds.get(name))
 
-    size = choices.size or choose_size(corpus_chars, train_chars, budget_chars)
+    size = choices.size or choose_size(corpus_chars, budget_chars)
     preset = PRESETS[size]
     train_config = train_config_for(preset)
     if size not in speeds and speed_probe is not None:

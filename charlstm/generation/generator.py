@@ -102,8 +102,8 @@ class InPlaceDraw:
             return torch.argmax(logits, dim=-1, out=self.ids[:rows])
         if not self.plain:
             return pick_next(logits, self.options, self.rng)
-        scores = self.scores[:rows]
-        torch.div(logits, self.options.temperature, out=scores)
+        # At temperature 1 (the default) the logits are the scores: no pass to divide them.
+        scores = logits if self.options.temperature == 1.0 else torch.div(logits, self.options.temperature, out=self.scores[:rows])
         if self.log_min_p is not None:
             floor = scores.amax(dim=-1, keepdim=True).add_(self.log_min_p)
             scores.masked_fill_(scores < floor, float("-inf"))

@@ -13,9 +13,9 @@ each layer is one fused step instead:
 - no ``tanh`` at all: on this CPU it costs five times a ``sigmoid`` per element
   (33 against 7 µs for a 32 x 384 block), so both tanh's are taken as
   ``tanh(x) = 2 sigmoid(2x) - 1``. The cell gate's weights are doubled when the
-  stepper is made, one in-place ``sigmoid_`` then covers all four gates, the
-  ``2s - 1`` folds into the in-place cell update, and ``tanh(c)`` is four
-  in-place operations on one buffer;
+  stepper is made, one ``sigmoid`` then covers all four gates, the ``2s - 1``
+  folds into the in-place cell update, and the state is kept as h/2 and 2c
+  (see :class:`LSTMStepper`) so that the factors of 2 cost no passes at all;
 - in bf16 the weights are converted (and, where oneDNN is there, pre-packed)
   once, halving the bytes each step streams; the cell state, the gate
   arithmetic and the output layer stay in fp32.
@@ -142,6 +142,14 @@ class LSTMStepper:
     The stepper copies the model's weights when it is made: later changes to
     the model are not seen (make a new one). ``step`` returns a logits buffer
     that the next step overwrites.
+
+    Between steps it holds each layer's h halved and its c doubled, which saves
+    operations without changing a bit of the result: tanh(c) = 2 sigmoid(2c) - 1
+    then needs no doubling of c, h/2 = o (sigmoid(2c) - 1/2) no doubling of the
+    sigmoid, and every weight that reads h is doubled once here instead. The
+    halved h's of all layers sit side by side in one buffer, so the input of
+    layer l, [h of layer l-1 at this step | its own h from the last step], is a
+    slice of it that layer l-1 has just written: no copies between layers.
     """
 
     def __init__(self, model: CharLSTM, batch_size: int, precision: str = "fp32"):
@@ -161,73 +169,70 @@ class LSTMStepper:
             bias0 = (rnn.bias_ih_l0 + rnn.bias_hh_l0).float() * scale[:, 0]
             self.input_table = F.linear(model.embedding.weight.float(), rnn.weight_ih_l0.float() * scale, bias0)
             self.gates = torch.zeros(batch_size, 4 * hidden, device=device)
-            self.layer_products: list[Callable[[torch.Tensor], object]] = []
+            self.gate_steps: list[Callable[[torch.Tensor], object]] = []
             for layer in range(layers):
-                w_hh = getattr(rnn, f"weight_hh_l{layer}").float() * scale
+                w_hh = getattr(rnn, f"weight_hh_l{layer}").float() * scale * 2.0
                 if layer == 0:
-                    self.layer_products.append(self._into_gates(w_hh, None, compute))
+                    self.gate_steps.append(self._activated_gates(w_hh, None, compute))
                     continue
-                w_ih = getattr(rnn, f"weight_ih_l{layer}").float() * scale
+                w_ih = getattr(rnn, f"weight_ih_l{layer}").float() * scale * 2.0
                 bias = (getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")).float() * scale[:, 0]
-                self.layer_products.append(self._into_gates(torch.cat([w_ih, w_hh], dim=1), bias, compute))
+                self.gate_steps.append(self._activated_gates(torch.cat([w_ih, w_hh], dim=1), bias, compute))
             # The weight bytes one step reads: where memory bandwidth is the limit, the floor on its time.
             element = 1 if compute == torch.int8 else torch.finfo(compute).bits // 8
             recurrent = sum(4 * hidden * (hidden if layer == 0 else 2 * hidden) for layer in range(layers))
             self.streamed_bytes = recurrent * element + model.head.weight.numel() * 4
-            self.head_weight_t = model.head.weight.detach().float().t().clone()
+            self.head_weight_t = (model.head.weight.detach().float() * 2.0).t().contiguous()
             self.head_bias = model.head.bias.detach().float().clone()
 
-        def buffer(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            return torch.zeros(*shape, dtype=dtype, device=device)
+        def buffer(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, device=device)
 
-        # Layer l reads [h of layer l-1 at this step | its own h from the last step]; layer 0 only its own h.
-        rows_type = torch.bfloat16 if compute == torch.bfloat16 else torch.float32
-        self.full_inputs = [buffer(batch_size, hidden if layer == 0 else 2 * hidden, dtype=rows_type) for layer in range(layers)]
-        self.full_h = buffer(layers, batch_size, hidden)
-        self.full_c = buffer(layers, batch_size, hidden)
-        self.full_tanh_c = buffer(batch_size, hidden)
+        self.full_half_h = buffer(batch_size, layers * hidden)
+        self.full_double_c = buffer(layers, batch_size, hidden)
+        self.full_half_tanh_c = buffer(batch_size, hidden)
         self.full_logits = buffer(batch_size, config.vocab_size)
         self.full_gates = self.gates
         self._bind(batch_size)
 
     def _bind(self, rows: int) -> None:
         """Point every working view at the first ``rows`` rows of the buffers: finished streams cost nothing."""
-        hidden = self.full_h.shape[-1]
+        hidden = self.full_double_c.shape[-1]
         self.rows = rows
         self.gates = self.full_gates[:rows]
-        self.inputs = [x[:rows] for x in self.full_inputs]
-        self.h, self.c = self.full_h[:, :rows], self.full_c[:, :rows]
-        self.tanh_c, self.logits = self.full_tanh_c[:rows], self.full_logits[:rows]
+        half_h = self.full_half_h[:rows]
+        self.half_h = [half_h[:, layer * hidden : (layer + 1) * hidden] for layer in range(len(self.gate_steps))]
+        inputs = [half_h[:, max(0, layer - 1) * hidden : (layer + 1) * hidden] for layer in range(len(self.gate_steps))]
+        self.double_c = self.full_double_c[:, :rows]
+        self.half_tanh_c, self.logits = self.full_half_tanh_c[:rows], self.full_logits[:rows]
         self.i, self.f, self.g, self.o = self.gates.split(hidden, dim=1)
-        own_h = [x[:, -hidden:] for x in self.inputs]
-        next_input: list[torch.Tensor | None] = [x[:, :hidden] for x in self.inputs[1:]] + [None]
-        self.layers = list(zip(self.layer_products, self.inputs, self.c, self.h, own_h, next_input))
+        self.layers = list(zip(self.gate_steps, inputs, self.double_c, self.half_h))
 
-    def _into_gates(self, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype) -> Callable[[torch.Tensor], object]:
-        """``x @ weight.T + bias`` into the gate buffer; with no bias, added to what is there (layer 0's table rows)."""
+    def _activated_gates(self, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype) -> Callable[[torch.Tensor], object]:
+        """The gate buffer set to sigmoid(``x @ weight.T + bias``); with no bias, the product is added to what is
+        there (layer 0's table rows) first."""
         if compute == torch.bfloat16:
             product = bf16_linear(weight, self.batch_size)
             if bias is None:
-                return lambda x: self.gates.add_(product(x))
-            return lambda x: torch.add(bias, product(x), out=self.gates)
+                return lambda x: self.gates.add_(product(x.to(torch.bfloat16))).sigmoid_()
+            return lambda x: torch.add(bias, product(x.to(torch.bfloat16)), out=self.gates).sigmoid_()
         if compute == torch.int8:
             product = int8_linear(weight, bias)
             if bias is None:
-                return lambda x: self.gates.add_(product(x))
-            return lambda x: self.gates.copy_(product(x))
+                return lambda x: self.gates.add_(product(x)).sigmoid_()
+            return lambda x: torch.sigmoid(product(x), out=self.gates)
         weight_t = weight.t()
         if bias is None:
-            return lambda x: self.gates.addmm_(x, weight_t)
-        return lambda x: torch.addmm(bias, x, weight_t, out=self.gates)
+            return lambda x: self.gates.addmm_(x, weight_t).sigmoid_()
+        return lambda x: torch.addmm(bias, x, weight_t, out=self.gates).sigmoid_()
 
     def load_state(self, state: State) -> None:
         """Start from ``state`` ((h, c), each layers x rows x hidden, rows up to the batch size)."""
         h, c = state
         self._bind(h.shape[1])
-        self.h.copy_(h)
-        self.c.copy_(c)
-        for *_, h, own_h, _ in self.layers:
-            own_h.copy_(h)
+        torch.mul(c, 2.0, out=self.double_c)
+        for layer, half_h in enumerate(self.half_h):
+            torch.mul(h[layer], 0.5, out=half_h)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Go on with only these rows (indices into the current ones, in this order), moved to the front."""
@@ -235,18 +240,14 @@ class LSTMStepper:
 
     def state(self) -> State:
         """A copy of the current (h, c), in the layout ``CharLSTM.forward`` takes."""
-        return (self.h.clone(), self.c.clone())
+        return (torch.stack(self.half_h) * 2.0, self.double_c * 0.5)
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed one character per stream (ids, shape (rows,)); the logits (rows, vocab) of the next."""
         torch.index_select(self.input_table, 0, ids, out=self.gates)
-        for into_gates, x, c, h, own_h, next_input in self.layers:
-            into_gates(x)
-            self.gates.sigmoid_()  # g now holds sigmoid(2 g_pre): tanh(g_pre) = 2 g - 1
-            c.mul_(self.f).addcmul_(self.i, self.g, value=2.0).sub_(self.i)  # c = f c + i (2 g - 1)
-            torch.mul(c, 2.0, out=self.tanh_c).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(c)
-            torch.mul(self.o, self.tanh_c, out=h)
-            own_h.copy_(h)
-            if next_input is not None:
-                next_input.copy_(h)
-        return torch.addmm(self.head_bias, h, self.head_weight_t, out=self.logits)
+        for activate_gates, x, double_c, half_h in self.layers:
+            activate_gates(x)  # g now holds sigmoid(2 g_pre): tanh(g_pre) = 2 g - 1
+            double_c.mul_(self.f).addcmul_(self.i, self.g, value=4.0).sub_(self.i, alpha=2.0)  # 2c = f 2c + 2i (2g - 1)
+            torch.sigmoid(double_c, out=self.half_tanh_c).sub_(0.5)  # tanh(c) / 2
+            torch.mul(self.o, self.half_tanh_c, out=half_h)  # h / 2
+        return torch.addmm(self.head_bias, half_h, self.head_weight_t, out=self.logits)

@@ -63,3 +63,14 @@ def test_a_speed_timed_on_a_busy_machine_is_said_to_size_this_run_only(tmp_path,
     done = CliRunner().invoke(cli, ["train", str(tiny_corpus_file), "--time", "2s", "--out", str(tmp_path), "--precision", "fp32"])
     assert done.exit_code == 0, done.output
     assert "other programs kept 1.5 cores busy while the tiny shape was timed" in " ".join(done.stderr.split())
+
+
+def test_the_header_shows_the_start_up_and_whether_the_corpus_came_from_the_cache(tmp_path, tiny_corpus_file):
+    args = ["train", str(tiny_corpus_file), "--steps", "2", "--hidden", "16", "--layers", "1", "--out", str(tmp_path),
+            "--precision", "fp32"]
+    first, second = CliRunner().invoke(cli, [*args, "--name", "first"]), CliRunner().invoke(cli, [*args, "--name", "second"])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    first_line = next(line for line in first.stderr.splitlines() if "start-up" in line)
+    second_line = next(line for line in second.stderr.splitlines() if "start-up" in line)
+    assert "not counted in the budget" in first_line and "the corpus read and encoded" in first_line
+    assert "the corpus from the cache" in second_line

@@ -161,7 +161,7 @@ def test_init_from_nothing_or_with_resume_is_refused_in_one_line(parent_run, new
 def test_resuming_a_finetuned_run_matches_an_uninterrupted_one(parent_run, new_corpus, tmp_path, monkeypatch):
     args = ("--steps", "20", "--dropout", "0.2")
     assert finetune(new_corpus, parent_run, tmp_path, "whole", *args).code == 0
-    monkeypatch.setattr(console, "ConsoleTrainReporter", lambda: SignalAtStep(8))
+    monkeypatch.setattr(console, "ConsoleTrainReporter", lambda **options: SignalAtStep(8, **options))
     assert finetune(new_corpus, parent_run, tmp_path, "split", *args).code == 130
     monkeypatch.undo()
     resumed = main_outcome("train", "--resume", str(tmp_path / "split"))

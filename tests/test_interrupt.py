@@ -85,7 +85,7 @@ def test_ctrl_c_and_sigterm_save_the_run_and_say_how_to_resume(tmp_path, tiny_co
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 143, stderr
-    assert f"resumed  from step {stopped_at}" in stderr and "resume it with" in stderr
+    assert f"resumed from step {stopped_at}" in " ".join(stderr.split()) and "resume it with" in stderr
     assert load_training_state(run / "last")["step"] > stopped_at
     load(run, prefer="last")
 

@@ -22,8 +22,8 @@ from charlstm.training.resume import plan_resume
 class SignalAtStep(console.ConsoleTrainReporter):
     """A reporter that sends this process a real signal once training reaches ``stop_step``."""
 
-    def __init__(self, stop_step: int, signum: int = signal.SIGINT):
-        super().__init__()
+    def __init__(self, stop_step: int, signum: int = signal.SIGINT, **options):
+        super().__init__(**options)
         self.stop_step, self.signum = stop_step, signum
 
     def step(self, stats) -> None:
@@ -66,7 +66,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_corpus_file, monkeypatc
     args = ("--steps", "45", "--dropout", "0.3", "--layers", "2")
     assert main_outcome(*train_args(tiny_corpus_file, tmp_path, "whole", *args)).code == 0
 
-    monkeypatch.setattr(console, "ConsoleTrainReporter", lambda: SignalAtStep(17))
+    monkeypatch.setattr(console, "ConsoleTrainReporter", lambda **options: SignalAtStep(17, **options))
     interrupted = main_outcome(*train_args(tiny_corpus_file, tmp_path, "split", *args))
     assert interrupted.code == 130, interrupted.stderr
     assert f"resume it with: charlstm train --resume {tmp_path / 'split'}" in interrupted.stderr

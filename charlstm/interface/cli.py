@@ -158,6 +158,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     )
     from ..training.trainer import Trainer
 
+    reporter = console.ConsoleTrainReporter(started_at=time.perf_counter())
     text_options = TextOptions(
         options["encoding"], options["decode_errors"], options["keep_crlf"], options["lowercase"], options["nfc"]
     )
@@ -168,7 +169,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
         raise click.UsageError("--init-from starts a new run and --resume continues one; give one of them")
     if options["resume"] is not None:
         with launched() as distributed:  # under torchrun: one rank of a data-parallel continuation
-            _run_training(_resumed_trainer(corpus, text_options, separator, options, distributed))
+            _run_training(_resumed_trainer(corpus, text_options, separator, options, distributed, reporter))
         return
     loaded = load_corpus(
         list(corpus) or None,
@@ -179,6 +180,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
         cache=None if options["no_cache"] else _usable_cache(CorpusCache()),
     )
     console.note_skipped(loaded.skipped)
+    reporter.startup_detail = "the corpus from the cache" if loaded.from_cache else "the corpus read and encoded"
     data = loaded.corpus
     for warning in check_vocabulary(data.vocab, data.source, options["force"]):
         console.warn(warning)
@@ -186,7 +188,7 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
     name = options["name"] or f"{safe_run_stem(_run_stem(corpus))}-{time.strftime('%Y%m%d-%H%M%S')}"
     if options["init_from"] is not None:
         with launched() as distributed:  # under torchrun: one rank of a data-parallel fine-tuning run
-            _run_training(_finetune_trainer(data, choices, options, options["out"] / name, distributed))
+            _run_training(_finetune_trainer(data, choices, options, options["out"] / name, distributed, reporter))
         return
     single = os.environ.get("WORLD_SIZE", "1") == "1"
     if single and uses_gpu_rule(choices, resolve_device(choices.device).type):  # grow the batch to fill the GPU
@@ -206,7 +208,6 @@ def train(corpus: tuple[str, ...], **options: Any) -> None:
                     "this run only and is measured again next time"))
         model_config, train_config, sizing = choose_configs(choices, len(data), len(data.vocab), probe)  # type: ignore[assignment]
     _check_fits(model_config, train_config)
-    reporter = console.ConsoleTrainReporter()
     reporter.estimate = sizing.describe()
     with launched() as distributed:  # under torchrun: one rank of a data-parallel run
         _run_training(Trainer(data, model_config, train_config, options["out"] / name, reporter,
@@ -256,7 +257,7 @@ _TEXT_OPTIONS = ("encoding", "decode_errors", "keep_crlf", "lowercase", "nfc")
 
 
 def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separator: str, options: dict[str, Any],
-                     distributed: DistributedContext | None) -> Trainer:
+                     distributed: DistributedContext | None, reporter: console.ConsoleTrainReporter) -> Trainer:
     """The run's Trainer at its last step, with only the options the user typed again applied."""
     from ..base.runtime import ThreadGovernor
     from ..generation.generator import preview_text
@@ -283,7 +284,7 @@ def _resumed_trainer(corpus: tuple[str, ...], text_options: TextOptions, separat
     if distributed is None or distributed.is_main:
         for warning in plan.warnings:
             console.warn(warning)
-    return plan.trainer(console.ConsoleTrainReporter(), distributed, preview=preview_text, threads=ThreadGovernor())
+    return plan.trainer(reporter, distributed, preview=preview_text, threads=ThreadGovernor())
 
 
 def _given(options: dict[str, Any]) -> set[str]:
@@ -293,7 +294,7 @@ def _given(options: dict[str, Any]) -> set[str]:
 
 
 def _finetune_trainer(data: Corpus, choices: RunChoices, options: dict[str, Any], run_dir: Path,
-                      distributed: DistributedContext | None) -> Trainer:
+                      distributed: DistributedContext | None, reporter: console.ConsoleTrainReporter) -> Trainer:
     """A new run on ``data`` that starts from --init-from's weights (training.finetune decides how)."""
     from ..base.errors import name_chars
     from ..base.runtime import ThreadGovernor
@@ -308,7 +309,6 @@ def _finetune_trainer(data: Corpus, choices: RunChoices, options: dict[str, Any]
     plan = plan_finetune(options["init_from"], data, model_changes)
     train_config = finetune_train_config(choices, plan)
     _check_fits(plan.model_config, train_config)
-    reporter = console.ConsoleTrainReporter()
     added = f"{len(plan.new_chars)} new character(s): {name_chars(plan.new_chars)}" if plan.new_chars else "no new characters"
     reporter.estimate = f"to start from {options['init_from']} ({plan.parent['vocab_size']} characters) with {added}"
     return Trainer(plan.corpus, plan.model_config, train_config, run_dir, reporter, model_state=plan.model_state,

@@ -110,9 +110,13 @@ def _budget(info: RunInfo) -> str:
 class ConsoleTrainReporter:
     """Draws a training run: a header, live progress, evaluations, a summary table."""
 
-    def __init__(self, console: Console = err, live: bool | None = None, log_every: float = 10.0):
+    def __init__(self, console: Console = err, live: bool | None = None, log_every: float = 10.0,
+                 started_at: float | None = None):
         self.console = console
         self.estimate = ""  # what the sizing rule expects the run to read, shown in the header
+        # When the command began (perf_counter): the header shows the start-up, which the budget does not count.
+        self.started_at = started_at
+        self.startup_detail = ""  # what the start-up did, e.g. whether the corpus came from the cache
         self.live = console.is_terminal if live is None else live
         self.log_every = log_every
         self._progress: Progress | None = None
@@ -133,6 +137,9 @@ class ConsoleTrainReporter:
         table.add_row("device", f"{info.device}, precision {info.precision}")
         if self.estimate:
             table.add_row("expect", escape(self.estimate))
+        if self.started_at is not None:
+            detail = f" ({self.startup_detail})" if self.startup_detail else ""
+            table.add_row("start-up", f"{time.perf_counter() - self.started_at:.1f}s, not counted in the budget{detail}")
         table.add_row("run", str(info.run_dir))
         if info.resumed_from_step:
             table.add_row("resumed", f"from step {info.resumed_from_step}")

@@ -160,7 +160,7 @@ def test_deferred_reads_train_as_the_step_by_step_check_does(tmp_path, tiny_text
     a, b = deferred.train(), plain.train()
     assert seen["deferred"] == seen["plain"] == list(range(1, 31))
     assert a.steps == b.steps == 30 and a.skipped_batches == b.skipped_batches == 0
-    # The fused AdamW rounds differently from the foreach one; the runs agree to float rounding.
+    # The deferred step clips and checks on the device; the runs agree to float rounding.
     assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
     assert a.best_val_loss == pytest.approx(b.best_val_loss, rel=1e-3)
     for (name, p), q in zip(deferred.model.named_parameters(), plain.model.parameters()):
@@ -199,12 +199,20 @@ def test_only_a_single_cuda_process_defers_its_reads():
     assert not defers_host_reads("cpu", 1) and not defers_host_reads("cuda", 2) and not defers_host_reads("mps", 1)
 
 
-def test_a_cpu_run_keeps_the_step_by_step_check(tmp_path, tiny_text):
+def test_a_cpu_run_keeps_the_step_by_step_check_on_the_fused_optimizer(tmp_path, tiny_text):
     _, plain = deferred_and_plain(tmp_path, tiny_text, steps=2)
     from charlstm.training.trainer import Trainer
 
     auto = Trainer(plain.corpus, plain.model_config, plain.config, tmp_path / "auto")
     assert auto.deferred_reads is False
+    assert all(group["fused"] for group in auto.optimizer.param_groups)
+
+
+def test_adamw_is_fused_on_a_cpu_and_where_reads_are_deferred_only():
+    from charlstm.training.device_steps import uses_fused_optimizer
+
+    assert uses_fused_optimizer("cpu", False) and uses_fused_optimizer("cuda", True)
+    assert not uses_fused_optimizer("cuda", False) and not uses_fused_optimizer("mps", False)
 
 
 def test_a_restored_optimizer_is_switched_to_the_fused_kernel_that_can_skip_on_the_device():

@@ -18,9 +18,16 @@ def defers_host_reads(device_type: str, world_size: int) -> bool:
     return device_type == "cuda" and world_size == 1
 
 
+def uses_fused_optimizer(device_type: str, deferred_reads: bool) -> bool:
+    """Whether AdamW runs its fused kernel: where reads are deferred (it can skip a step on the device),
+    and on a CPU, where it replaces a loop over the parameters: a 1x384 step (16 x 64) ran 1.024x
+    as fast fused on a 2-core AVX2 CPU (median of 12 interleaved rounds)."""
+    return deferred_reads or device_type == "cpu"
+
+
 def fuse_optimizer(optimizer: torch.optim.Optimizer) -> None:
-    """Switch a restored AdamW to its fused kernel (the one that can skip a step on the device): its step
-    counts must then live beside the parameters, as float32, where a non-fused run kept them on the CPU."""
+    """Switch a restored AdamW to its fused kernel (a checkpoint records the kernel it was saved with): its
+    step counts must then live beside the parameters, as float32, where a non-fused CUDA run kept them on the CPU."""
     for group in optimizer.param_groups:
         group["fused"], group["foreach"] = True, None
         for param in group["params"]:

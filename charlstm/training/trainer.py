@@ -25,7 +25,7 @@ from ..model.config import ModelConfig
 from ..model.network import CharLSTM, State, detach_state
 from . import schedule
 from .config import TrainConfig
-from .device_steps import defers_host_reads, fuse_optimizer
+from .device_steps import defers_host_reads, fuse_optimizer, uses_fused_optimizer
 from .distributed import DistributedContext, SingleProcess, Sync
 from .evaluation import EvalTotals, evaluation_windows, read_validation
 from .reporting import (
@@ -106,9 +106,10 @@ class Trainer:
             torch.manual_seed(config.seed + self.distributed.rank)  # ranks past 0 draw dropout masks of their own
         # Host reads deferred (a CUDA GPU): the fused AdamW skips a non-finite step on the device itself.
         self.deferred_reads = defers_host_reads(self.device.type, self.distributed.world_size) if deferred_reads is None else deferred_reads
+        self.fused_optimizer = uses_fused_optimizer(self.device.type, self.deferred_reads)
         self.optimizer = torch.optim.AdamW(
             self.model.param_groups(config.weight_decay), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay,
-            **({"fused": True} if self.deferred_reads else {}),
+            **({"fused": True} if self.fused_optimizer else {}),
         )
         self.run = RunState()
         self.planner = schedule.BudgetPlanner(
@@ -178,8 +179,8 @@ class Trainer:
             if "cuda_rng" in saved and self.device.type == "cuda":
                 torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         self.run, self.hidden = run, hidden
-        if self.deferred_reads:
-            fuse_optimizer(self.optimizer)  # a run saved without deferred reads keeps its step counts on the CPU
+        if self.fused_optimizer:
+            fuse_optimizer(self.optimizer)  # a run saved by an unfused optimiser resumes on the fused kernel
 
     def save(self, tag: str = "last") -> Path:
         self._read_losses()

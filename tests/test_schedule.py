@@ -166,6 +166,28 @@ def test_threads_fit_beside_other_work():
     assert threads_for(cores=4, busy_elsewhere=1.6, ceiling=4) == 2
 
 
+def test_busy_readings_wait_for_a_window_long_enough_to_count_ticks(monkeypatch):
+    from charlstm.base.runtime import BusyElsewhere
+
+    now, slept = [0.0], []
+    # (machine busy ticks, this process's ticks) at each sample: the machine gains 40 ticks a 0.2 s
+    # window of which this process took 20, so one other core was busy.
+    samples = iter([(0.0, 0.0), (40.0, 20.0), (80.0, 40.0), (120.0, 60.0)])
+    monkeypatch.setattr(BusyElsewhere, "_sample", staticmethod(lambda: next(samples)))
+    monkeypatch.setattr("os.sysconf", lambda name: 100)
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    busy = BusyElsewhere(prime=0.2, clock=lambda: now[0], sleep=sleep)
+    assert busy() == pytest.approx(1.0) and slept == [pytest.approx(0.2)]
+    now[0] += 0.003  # read again 3 ms later, as one speed probe after another did: it waits out the window
+    assert busy() == pytest.approx(1.0) and slept[1] == pytest.approx(0.197)
+    now[0] += 20.0  # the governor's cadence: no wait
+    assert busy() == pytest.approx((40.0 - 20.0) / 100 / 20.0) and len(slept) == 2
+
+
 def test_the_thread_governor_rechecks_on_its_own_schedule(monkeypatch):
     import torch
 

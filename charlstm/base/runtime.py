@@ -115,13 +115,15 @@ def autocast(device: torch.device, precision: str) -> ContextManager[Any]:
 class BusyElsewhere:
     """Cores kept busy by other processes, averaged since the previous call (0 where /proc is absent).
 
-    This process's own CPU time is subtracted, so it can be read while training runs. Only the first
-    call waits (``prime`` seconds, to have a window at all); later ones cost two small file reads,
-    nothing on the training path.
+    This process's own CPU time is subtracted, so it can be read while training runs. A call waits until
+    its window is ``prime`` seconds long: the counters move in ticks of 10 ms and a process's own are
+    booked late, so two readings a few milliseconds apart once showed "4.7 cores busy" on an idle 2-core
+    machine. Calls ``prime`` or more apart (the thread governor's, every 20 s) cost two small file reads.
     """
 
-    def __init__(self, prime: float = 0.2, clock: Callable[[], float] = time.monotonic):
-        self.prime, self.clock = prime, clock
+    def __init__(self, prime: float = 0.2, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.prime, self.clock, self.sleep = prime, clock, sleep
         self.last: tuple[float, float, float] | None = None  # (when, busy ticks of the machine, of this process)
 
     @staticmethod
@@ -137,7 +139,9 @@ class BusyElsewhere:
         try:
             if self.last is None:
                 self.last = (self.clock(), *self._sample())
-                time.sleep(self.prime)
+            waited = self.clock() - self.last[0]
+            if waited < self.prime:
+                self.sleep(self.prime - waited)
             busy, mine = self._sample()
         except (OSError, ValueError, IndexError):
             return 0.0

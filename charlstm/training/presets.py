@@ -39,7 +39,7 @@ class Preset:
 # compact and wide are for runs that read few characters (a short budget, a slow CPU): one layer and
 # 16-stream batches, so a character buys more optimiser steps; on a 2-core AVX2 CPU in fp32 they beat 2x256
 # at 30 s, 1 m and 3 m by 0.07 to 0.37 nats/char (benchmarks/RESULTS.md, "Short budgets on a slow CPU").
-# wider (1x512) is the one-layer step for a run that reads about 8M characters on such a CPU.
+# wider (1x512) is the one-layer shape for a run that can read 7M characters or more on such a CPU.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(num_layers=1, hidden_size=128, emb_size=32, batch_size=32, seq_len=64, lr=5e-3, dropout=0.0),
     "compact": Preset(num_layers=1, hidden_size=192, emb_size=64, batch_size=16, seq_len=64, lr=8e-3, dropout=0.0),

@@ -56,7 +56,8 @@ BUSY_CORES = 0.5
 SpeedProbe = Callable[[str], float]  # preset name -> training characters per second on this machine
 
 # Training characters per second of each preset on the 2-core AMX machine the thresholds were fitted
-# on (bf16); compact and wide scaled from small by their speed ratios on a 2-core AVX2 CPU (3.0x, 1.28x).
+# on (bf16); compact, wide and wider scaled from small by their speed ratios on a 2-core AVX2 CPU (3.0x, 1.28x,
+# 0.89x).
 # Used where measuring is not possible: the ranks of a torchrun run must agree on one shape.
 REFERENCE_SPEEDS = {"tiny": 90_000.0, "compact": 102_000.0, "wide": 43_500.0, "wider": 30_000.0, "small": 34_000.0,
                     "medium": 15_500.0, "large": 9_000.0}

@@ -32,8 +32,7 @@ from rich.console import Console
 from charlstm.analysis.bench import default_size
 from charlstm.data.corpus import Vocab
 from charlstm.generation.session import ReplSession, ReplSettings
-from charlstm.interface.repl import PipedLines, Repl
-from charlstm.interface.repl import ReplView
+from charlstm.interface.repl import PipedLines, Repl, ReplView
 from charlstm.model.network import CharLSTM
 from charlstm.training.checkpoint import LoadedModel
 from charlstm.training.presets import PRESETS

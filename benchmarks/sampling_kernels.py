@@ -7,8 +7,9 @@ interleaved in rounds so a shared machine's load falls on all of them, and
 prints min and median microseconds per product. ``--compile`` also times
 ``torch.compile`` of a whole unfused step (cold compile included), which takes
 minutes. charlstm's LSTMStepper uses the winner: bf16 weights pre-packed for
-oneDNN where the CPU has fast bf16, int8 weights with per-row scales through
-fbgemm on other CPUs, fp32 ``addmm`` into a buffer when asked for fp32.
+oneDNN where the CPU has AMX, int8 weights with per-row scales through
+fbgemm on other CPUs (``sampling_precisions.py`` compares them whole), fp32
+``addmm`` into a buffer when asked for fp32.
 
     OMP_NUM_THREADS=1 python benchmarks/sampling_kernels.py --batch 1
 """

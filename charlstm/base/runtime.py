@@ -61,12 +61,18 @@ def resolve_sampling_device(name: str, batch: int) -> torch.device:
     return torch.device("cuda" if on_gpu else "cpu")
 
 
+def cpu_has_amx() -> bool:
+    """True on CPUs with AMX tiles, where oneDNN's bf16 products run on the tile unit."""
+    import torch
+
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX or AVX512-bf16, where bf16 matrix products beat fp32."""
     import torch
 
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return cpu_has_amx() or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base.errors import CharlstmError
-from ..base.runtime import autocast, resolve_precision
+from ..base.runtime import autocast, cpu_has_amx, resolve_precision
 from ..data.corpus import UnknownPolicy, Vocab
 from ..model.network import CharLSTM, State
 from ..model.stepper import (
@@ -123,15 +123,18 @@ INT8_FROM_HIDDEN = 256
 
 def sampling_precision(precision: SamplingPrecision, device: torch.device, hidden_size: int = INT8_FROM_HIDDEN) -> str:
     """The arithmetic of sampling steps: as :func:`resolve_precision` for training, except that ``auto`` on a
-    CPU without fast bf16 takes int8 weights for layers of at least ``INT8_FROM_HIDDEN`` units, which
-    ``charlstm bench`` measured well above the fp32 step rate there (emulated bf16 would be slower than fp32)."""
+    CPU without AMX takes int8 weights for layers of at least ``INT8_FROM_HIDDEN`` units and fp32 for
+    narrower ones. Without AMX the products are bound by multiply-adds: fbgemm's int8 kernels beat fp32 (and
+    emulated bf16) on an AVX2-only CPU, and beat oneDNN's bf16 on one with AVX512-bf16 and VNNI, where fp32
+    beats bf16 below 256 units (benchmarks/RESULTS.md has the figures). With AMX, oneDNN's bf16 products run
+    on the tile unit."""
     if precision == "int8":
         if not int8_available(device):
             raise CharlstmError("int8 sampling needs a CPU with PyTorch's fbgemm engine; use --precision fp32")
         return "int8"
     resolved = resolve_precision(precision, device)
-    if precision == "auto" and resolved == "fp32" and hidden_size >= INT8_FROM_HIDDEN and int8_available(device):
-        return "int8"
+    if precision == "auto" and device.type == "cpu" and not cpu_has_amx():
+        return "int8" if hidden_size >= INT8_FROM_HIDDEN and int8_available(device) else "fp32"
     return resolved
 
 
@@ -202,8 +205,8 @@ class Generator:
     rounding, which exact continuations rely on; "bf16" runs the matrix
     products with bf16 weights, about twice as fast again; "int8" runs them
     with int8 weights (one scale per row) through fbgemm, which pays on CPUs
-    without fast bf16; "auto" picks bf16 on CPUs that have fast bf16 and int8 on
-    the others for layers of 256 units and up (``charlstm sample`` does this by default; see
+    without AMX; "auto" picks int8 on CPUs without AMX for layers of 256 units and
+    up (fp32 below), and bf16 on CPUs with AMX (``charlstm sample`` does this by default; see
     :func:`sampling_precision`). The prime is read in fp32 unless bf16 is chosen.
     The fast step copies the weights when first used: make a new Generator after
     changing the model.

@@ -438,7 +438,7 @@ ECHO_SECONDS = 2.0
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
 @which_option
 @device_option("cpu")
-@precision_option([*PRECISIONS, "int8"], "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, int8 on other CPUs (hidden size 256 and up), else fp32.")
+@precision_option([*PRECISIONS, "int8"], "auto", "Weights for the matrix products: auto is int8 on CPUs without AMX (fp32 below hidden size 256), bf16 on CPUs with AMX and on GPUs that run it, else fp32.")
 @click.option("--adapt-to", type=click.Path(path_type=Path), help="First let the model learn from this text as dynamic "
               "evaluation does ('eval --dynamic', default rates), in memory only, then sample in its style.")
 def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length: int, stop: tuple[str, ...],

@@ -7,6 +7,12 @@ batch 32 and batch 1; it prints characters per second and the ratio to the plain
 AMX for layers of 256 units and up, fp32 below, bf16 with AMX.
 
     python benchmarks/sampling_precisions.py --presets compact,wide,wider,medium,large
+
+On an AVX512 CPU, an AVX2-only one can be approximated by capping every kernel library at AVX2 (on the
+AVX512-VNNI CPU of RESULTS.md this gave the batch-32 ratio the real AVX2 machine gave):
+
+    FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/sampling_precisions.py --presets medium
 """
 
 from __future__ import annotations

@@ -371,6 +371,19 @@ def test_serving_beyond_loopback_without_a_key_warns(trained_run: Path, capsys: 
         models[0].sampler.close()
 
 
+def test_serve_takes_the_precisions_that_sample_takes(trained_run: Path):
+    from charlstm.model.stepper import int8_available
+
+    assert "[auto|bf16|fp32|int8]" in " ".join(main_outcome("serve", "--help").stdout.split())
+    if not int8_available():
+        pytest.skip("this PyTorch has no fbgemm engine")
+    models = server.serve_models([load(trained_run)], "int8", 4)
+    try:
+        assert models[0].sampler.generator.precision == "int8"
+    finally:
+        models[0].sampler.close()
+
+
 # -- the page, in a real browser ----------------------------------------------------------------------
 
 @contextmanager

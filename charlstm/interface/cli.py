@@ -25,6 +25,8 @@ from ..training.presets import ALL_PRESETS, PRESETS
 from . import terminal as console
 from .options import (
     PRECISIONS,
+    SAMPLING_PRECISION_HELP,
+    SAMPLING_PRECISIONS,
     SEED,
     Duration,
     FiniteFloatRange,
@@ -438,7 +440,7 @@ ECHO_SECONDS = 2.0
 @click.option("--unknown", type=click.Choice(["error", "skip", "replace"]), default="error", show_default=True, help="What to do with prime characters the model never saw.")
 @which_option
 @device_option("cpu")
-@precision_option([*PRECISIONS, "int8"], "auto", "Weights for the matrix products: auto is int8 on CPUs without AMX (fp32 below hidden size 256), bf16 on CPUs with AMX and on GPUs that run it, else fp32.")
+@precision_option(SAMPLING_PRECISIONS, "auto", SAMPLING_PRECISION_HELP)
 @click.option("--adapt-to", type=click.Path(path_type=Path), help="First let the model learn from this text as dynamic "
               "evaluation does ('eval --dynamic', default rates), in memory only, then sample in its style.")
 def sample(checkpoint: Path | None, prime: str, prime_file: Path | None, length: int, stop: tuple[str, ...],
@@ -869,7 +871,7 @@ def repl_command(checkpoint: Path | None, which: str, temperature: float, length
 @click.option("--max-body", type=Size(), default="1MB", show_default=True, help="Largest request body, in bytes (e.g. 200k, 1MB).")
 @click.option("--max-samples", type=click.IntRange(1, 256), default=16, show_default=True, help="Most samples (n) one request may ask for.")
 @device_option("cpu")
-@precision_option(PRECISIONS, "auto", "Weights for the matrix products: auto is bf16 on CPUs/GPUs that run it fast, else fp32.")
+@precision_option(SAMPLING_PRECISIONS, "auto", SAMPLING_PRECISION_HELP)
 def serve(checkpoints: tuple[Path, ...], which: str, host: str, port: int, api_key: str | None, max_length: int,
           max_body: int, max_samples: int, device: str, precision: str) -> None:
     """Serve models over HTTP: a playground page at / and a JSON API (Ollama-style /api/generate,
@@ -896,7 +898,7 @@ def serve(checkpoints: tuple[Path, ...], which: str, host: str, port: int, api_k
 @cli.command()
 @click.option("--size", type=click.Choice(list(ALL_PRESETS)), help="Model shape to measure (default: the one a default ten-minute run trains on a tiny-Shakespeare-sized text; xl at batch 256x128 on a GPU).")
 @click.option("--steps", type=click.IntRange(min=1), help="Timed training steps for each of the two training loops (default 24; 240 on a GPU).")
-@precision_option(PRECISIONS, "auto", "auto: bf16 on CPUs/GPUs that run it fast, else fp32.")
+@precision_option(PRECISIONS, "auto", "Training arithmetic: auto is bf16 on CPUs/GPUs that run it fast, else fp32 (sampling rows follow sample's rule).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Measure on the CPU or on the CUDA GPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout instead of a table.")
 def bench(size: str | None, steps: int | None, precision: str, device: str, as_json: bool) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from charlstm.analysis.bench import (
     BENCH_VOCAB_SIZE,
-    _rates,
+    alternating_rates,
     bench_vocab,
     charlstm_sampling_loop,
     naive_sampling_loop,
@@ -55,7 +55,7 @@ def main() -> None:
             loops = {"plain": naive_sampling_loop(model, batch)}
             for precision in precisions:
                 loops[precision] = charlstm_sampling_loop(Generator(model, vocab, precision=precision), batch)
-            rates = _rates(loops, length, rounds)
+            rates = alternating_rates(loops, length, rounds)
             cells = " | ".join(f"{rates[p] * batch:,.0f} ({rates[p] / rates['plain']:.2f}x)" for p in precisions)
             print(f"| {label} | {batch} | {rates['plain'] * batch:,.0f} | {cells} |", flush=True)
 

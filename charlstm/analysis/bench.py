@@ -378,7 +378,7 @@ def charlstm_sampling_loop(generator: Generator, batch: int) -> Callable[[int], 
     return run
 
 
-def _rates(loops: dict[str, Callable[[int], float]], length: int, rounds: int) -> dict[str, float]:
+def alternating_rates(loops: dict[str, Callable[[int], float]], length: int, rounds: int) -> dict[str, float]:
     """Steps per second of each loop, run in alternating rounds after one short warm-up each."""
     for run in loops.values():
         run(max(2, length // 10))
@@ -392,7 +392,7 @@ def _rates(loops: dict[str, Callable[[int], float]], length: int, rounds: int) -
 def measure_sampling(model: CharLSTM, generator: Generator, batch: int, length: int, rounds: int) -> SamplingSpeed:
     """The Generator against the plain loop on the model's device (the Generator may run elsewhere: then
     the figure says which path pays on a GPU box)."""
-    rates = _rates({"naive": naive_sampling_loop(model, batch), "charlstm": charlstm_sampling_loop(generator, batch)},
+    rates = alternating_rates({"naive": naive_sampling_loop(model, batch), "charlstm": charlstm_sampling_loop(generator, batch)},
                    length, rounds)
     elsewhere = generator.device.type if generator.device.type != model.head.weight.device.type else ""
     return SamplingSpeed(batch, rates["naive"] * batch, rates["charlstm"] * batch, rates["charlstm"] / rates["naive"],
@@ -439,7 +439,7 @@ def measure_stops(generator: Generator, batch: int, length: int, rounds: int) ->
             return time.perf_counter() - start
         return run
 
-    rates = _rates({"plain": timed(plain), "stops": timed(stopping)}, length, rounds)
+    rates = alternating_rates({"plain": timed(plain), "stops": timed(stopping)}, length, rounds)
     return StopSpeed(batch, stopped_early, rates["plain"], rates["stops"], rates["stops"] / rates["plain"])
 
 
@@ -507,7 +507,7 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
     if other_runtime is not None:
         name, make_loop = other_runtime
         on_phase(f"sampling at batch 1: {name} against the fused step and the nn.LSTM loop")
-        rates = _rates({"other": make_loop(model), "charlstm": charlstm_sampling_loop(generator, 1),
+        rates = alternating_rates({"other": make_loop(model), "charlstm": charlstm_sampling_loop(generator, 1),
                         "naive": naive_sampling_loop(model, 1)}, config.sample_chars, config.rounds)
         other = OtherRuntimeSpeed(name, rates["other"], rates["charlstm"], rates["naive"])
     on_phase(f"first character after a {config.prime_chars}-character prime")

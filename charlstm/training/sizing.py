@@ -16,11 +16,12 @@ can read about 2M characters) beat 2x256 at 30 s, 1 m and 3 m on a 2-core AVX2 C
 from 1x384 once it can read about 7M: ten minutes on that CPU read 7.6-8.3M with it and gave 1.4643 to
 1.4678 on tiny Shakespeare over three runs (1x384: 1.4644 to 1.4805) and tied on the default corpus (1.1790
 and 1.1991 against 1.1828 and 1.1910). 2x384, with its
-32-stream batches, pays only once it can read about 8M characters: on the AVX2 CPU, ten minutes of the
-default corpus gave 1.2253 with 2x384 (chosen at the earlier 5M threshold: 5.6M characters expected, 4.7M
-read in 2,319 steps) against 1.1910 with 1x384 (8.8M in 11,574 steps); on a CPU with AMX ten minutes read
-17.8M with 2x384 (1.1054). 2x512 pays only past about 30M; a corpus read
-more than about six times over needs dropout.
+32-stream batches, pays once it can read about 6.5M characters: on the AVX2 CPU, ten minutes of the
+default corpus gave 1.2253 with 2x384 (5.6M characters expected, 4.7M read in 2,319 steps) against 1.1910
+with 1x384 (8.8M in 11,574 steps); on an AVX512 CPU in fp32, ten minutes of tiny Shakespeare gave 1.4678
+and 1.4690 with 2x384 (7.3M and 6.6M read) against 1.4745, 1.4777 and 1.4782 with 1x512 (11.7M: read
+that often, one layer learns the text by heart); on a CPU with AMX ten minutes read 17.8M with 2x384
+(1.1054). 2x512 pays only past about 30M; a corpus read more than about six times over needs dropout.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from ..model.config import ModelConfig
 from .config import NanPolicy, TrainConfig
 from .presets import ALL_PRESETS, DEFAULT_TIME_BUDGET, PRESETS, Preset
 
-# Characters a preset must be able to read within the budget before it is chosen over a smaller one.
-MIN_CHARS = {"wide": 2_000_000, "wider": 7_000_000, "medium": 8_000_000, "large": 30_000_000}
+# Characters a preset must be able to read within the budget before it is chosen over the rung below. 2x384
+# needs fewer than 1x512: it climbs from where 1x512 reads about 1.5 times as much, and wins from there.
+MIN_CHARS = {"wide": 2_000_000, "wider": 7_000_000, "medium": 6_500_000, "large": 30_000_000}
 LADDER = ("wide", "wider", "medium", "large")  # above "compact", for corpora big enough to feed them
 # Corpora smaller than these keep a small model whatever the budget: there is not enough text to feed more.
 TINY_CORPUS, SMALL_CORPUS = 50_000, 300_000

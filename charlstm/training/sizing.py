@@ -16,12 +16,15 @@ can read about 2M characters) beat 2x256 at 30 s, 1 m and 3 m on a 2-core AVX2 C
 from 1x384 once it can read about 7M: ten minutes on that CPU read 7.6-8.3M with it and gave 1.4643 to
 1.4678 on tiny Shakespeare over three runs (1x384: 1.4644 to 1.4805) and tied on the default corpus (1.1790
 and 1.1991 against 1.1828 and 1.1910). 2x384, with its
-32-stream batches, pays once it can read about 6.5M characters: on the AVX2 CPU, ten minutes of the
+32-stream batches, pays once it can read about 8M characters: on the AVX2 CPU, ten minutes of the
 default corpus gave 1.2253 with 2x384 (5.6M characters expected, 4.7M read in 2,319 steps) against 1.1910
-with 1x384 (8.8M in 11,574 steps); on an AVX512 CPU in fp32, ten minutes of tiny Shakespeare gave 1.4678
-and 1.4690 with 2x384 (7.3M and 6.6M read) against 1.4745, 1.4777 and 1.4782 with 1x512 (11.7M: read
-that often, one layer learns the text by heart); on a CPU with AMX ten minutes read 17.8M with 2x384
-(1.1054). 2x512 pays only past about 30M; a corpus read more than about six times over needs dropout.
+with 1x384 (8.8M in 11,574 steps); on an AVX512 CPU in fp32, ten minutes of it gave 1.1807 with 2x384 (6.8M
+read) against 1.1671 with 1x512 (11.6M, 2.7 passes). Where the 1x512 would read a small corpus more than
+about nine times over, it learns the text by heart, and the 2x384 takes over from 6.5M: on the AVX512 CPU in
+fp32, ten minutes of tiny Shakespeare gave 1.4647, 1.4678 and 1.4690 with 2x384 (6.6-7.4M read) against
+1.4745, 1.4777 and 1.4782 with 1x512 (11.5-12.2M: as many passes). On a CPU with AMX ten minutes read 17.8M
+with 2x384 (1.1054). 2x512 pays only past about 30M; a corpus read more than about six times over needs
+dropout.
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ from ..model.config import ModelConfig
 from .config import NanPolicy, TrainConfig
 from .presets import ALL_PRESETS, DEFAULT_TIME_BUDGET, PRESETS, Preset
 
-# Characters a preset must be able to read within the budget before it is chosen over the rung below. 2x384
-# needs fewer than 1x512: it climbs from where 1x512 reads about 1.5 times as much, and wins from there.
-MIN_CHARS = {"wide": 2_000_000, "wider": 7_000_000, "medium": 6_500_000, "large": 30_000_000}
+# Characters a preset must be able to read within the budget before it is chosen over the rung below.
+MIN_CHARS = {"wide": 2_000_000, "wider": 7_000_000, "medium": 8_000_000, "large": 30_000_000}
+# Passes over the training split past which the one-layer rung below learns a small text by heart: there a
+# preset needs only these characters to take over from it.
+OVERREAD_EPOCHS = 9.0
+MIN_CHARS_OVERREAD = {"medium": 6_500_000}
 LADDER = ("wide", "wider", "medium", "large")  # above "compact", for corpora big enough to feed them
 # Corpora smaller than these keep a small model whatever the budget: there is not enough text to feed more.
 TINY_CORPUS, SMALL_CORPUS = 50_000, 300_000
@@ -102,11 +108,14 @@ def expected_chars(train_config: TrainConfig, train_chars: int, chars_per_sec: f
 
 
 def choose_size(corpus_chars: int, budget_chars: Callable[[str], float], first: str = "compact",
-                ladder: tuple[str, ...] = LADDER, min_chars: dict[str, int] = MIN_CHARS) -> str:
+                ladder: tuple[str, ...] = LADDER, min_chars: dict[str, int] = MIN_CHARS,
+                train_chars: int | None = None) -> str:
     """The largest preset that can read enough characters to beat the next smaller one, climbing
     ``ladder`` from ``first`` (the GPU rule climbs its own ladder from another rung).
 
-    ``budget_chars(name)`` says how many characters a run of that preset would train on.
+    ``budget_chars(name)`` says how many characters a run of that preset would train on. Given the
+    training split's size, a rung in :data:`MIN_CHARS_OVERREAD` takes over sooner from one that would
+    read the split more than :data:`OVERREAD_EPOCHS` times.
     """
     if corpus_chars < TINY_CORPUS:
         return "tiny"
@@ -114,7 +123,10 @@ def choose_size(corpus_chars: int, budget_chars: Callable[[str], float], first: 
         return "small"
     chosen = first
     for name in ladder:
-        if budget_chars(name) < min_chars[name]:
+        needed = min_chars[name]
+        if train_chars and name in MIN_CHARS_OVERREAD and budget_chars(chosen) > OVERREAD_EPOCHS * train_chars:
+            needed = MIN_CHARS_OVERREAD[name]
+        if budget_chars(name) < needed:
             break
         chosen = name
     return chosen
@@ -307,7 +319,7 @@ def choose_configs(
             speeds[name] = speed_probe(name)
         return expected_chars(train_config_for(PRESETS[name]), train_chars, speeds.get(name))
 
-    size = choices.size or choose_size(corpus_chars, budget_chars)
+    size = choices.size or choose_size(corpus_chars, budget_chars, train_chars=train_chars)
     preset = PRESETS[size]
     train_config = train_config_for(preset)
     if size not in speeds and speed_probe is not None:

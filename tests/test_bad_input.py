@@ -100,6 +100,15 @@ def sample(*options: str) -> Setup:
     return lambda ws, run: ("sample", "-c", str(run), "--length", "5", *options)
 
 
+def train_into_a_taken_name(name: str) -> Setup:
+    """A new run named after one that is already there: the refusal names it, line breaks and all."""
+    def setup(ws: Path, run: Path) -> tuple[str, ...]:
+        shutil.copytree(run, ws / name)
+        (ws / "corpus.txt").write_text("a small text to train on, " * 200, encoding="utf-8")
+        return ("train", str(ws / "corpus.txt"), "--out", str(ws), "--name", name, *TINY_CLI)
+    return setup
+
+
 CASES: dict[str, tuple[Setup, str]] = {
     # corpus
     "missing corpus": (lambda ws, run: ("train", str(ws / "nope.txt")), "corpus file not found: {ws}/nope.txt"),
@@ -163,6 +172,9 @@ CASES: dict[str, tuple[Setup, str]] = {
     "truncated training state": (
         lambda ws, run: damaged_state(ws, run, (run / "last" / "training_state.pt").read_bytes()[:2000]),
         "training_state.pt cannot be read (",
+    ),
+    "a run name with line breaks in it, taken": (
+        train_into_a_taken_name("M\x85b\nc"), "{ws}/M\\x85b\\nc already holds a trained run; continue it with --resume",
     ),
     # sampling
     "prime with unknown characters": (

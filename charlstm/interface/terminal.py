@@ -45,8 +45,13 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
+# What str.splitlines breaks a line at: a path or name holding one would split an error across lines.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    """The one line a failed command ends with: line breaks inside it (from a file or run name) are shown escaped."""
+    err.print(f"[bold red]error:[/] {escape(message.translate(_LINE_BREAKS))}", soft_wrap=True)
 
 
 def warn(message: str) -> None:

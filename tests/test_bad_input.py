@@ -236,3 +236,11 @@ def test_a_hostile_pickle_never_runs_in_a_real_process(tmp_path, trained_run):
     assert done.stderr.endswith("; nothing in it was run; the file is damaged or not charlstm's\n")
     assert len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_warning_naming_a_path_with_line_breaks_stays_one_line(capsys):
+    from charlstm.interface import terminal
+
+    terminal.warn("cannot save the input history to /tmp/M\x85b\u2028c")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["warning: cannot save the input history to /tmp/M\\x85b\\u2028c"]

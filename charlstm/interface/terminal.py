@@ -45,17 +45,22 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-# What str.splitlines breaks a line at: a path or name holding one would split an error across lines.
+# What str.splitlines breaks a line at: a path or name holding one would split a message across lines.
 _LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
+def _one_line(message: str) -> str:
+    """An error or warning as the single line it is meant to be: line breaks inside it (from a file or run
+    name) are shown escaped, and rich markup in it is shown as text."""
+    return escape(message.translate(_LINE_BREAKS))
+
+
 def error(message: str) -> None:
-    """The one line a failed command ends with: line breaks inside it (from a file or run name) are shown escaped."""
-    err.print(f"[bold red]error:[/] {escape(message.translate(_LINE_BREAKS))}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {_one_line(message)}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {_one_line(message)}", soft_wrap=True)
 
 
 def note(message: str) -> None:

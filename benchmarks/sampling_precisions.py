@@ -4,7 +4,8 @@ For each preset, a ``Generator`` at each precision and the plain per-character `
 ``charlstm bench`` run in alternating rounds (so a shared machine's drift falls on all of them), at
 batch 32 and batch 1; it prints characters per second and the ratio to the plain loop. The rule in
 ``charlstm.generation.generator.sampling_precision`` follows what this showed: int8 on CPUs without
-AMX for layers of 256 units and up, fp32 below, bf16 with AMX.
+AMX for layers of 256 units and up, fp32 below, bf16 with AMX. Where the compiled cell update is built,
+an "int8, PyTorch passes" column shows the same int8 steps without it, side by side.
 
     python benchmarks/sampling_precisions.py --presets compact,wide,wider,medium,large
 
@@ -30,9 +31,18 @@ from charlstm.analysis.bench import (
 )
 from charlstm.base.runtime import cpu_has_amx, cpu_runs_bf16
 from charlstm.generation.generator import Generator
+from charlstm.model.native import CellKernel, cell_kernel
 from charlstm.model.network import CharLSTM
-from charlstm.model.stepper import int8_available
+from charlstm.model.stepper import LSTMStepper, Stepper, int8_available
 from charlstm.training.presets import ALL_PRESETS
+
+
+class PassesGenerator(Generator):
+    """int8 steps with PyTorch's passes after each product instead of the compiled cell update."""
+
+    def _take_stepper(self, num_streams: int) -> Stepper:
+        idle = self._idle_steppers.get(num_streams)
+        return idle.pop() if idle else LSTMStepper(self.model, num_streams, self.precision, native=False)
 
 
 def main() -> None:
@@ -40,9 +50,12 @@ def main() -> None:
     parser.add_argument("--presets", default="compact,wide,wider,medium,large")
     parser.add_argument("--rounds", type=int, default=12, help="alternating rounds at batch 32 (batch 1 takes two thirds)")
     args = parser.parse_args()
-    precisions = [p for p, there in (("int8", int8_available()), ("bf16", cpu_runs_bf16()), ("fp32", True)) if there]
+    kernel = cell_kernel()
+    passes = int8_available() and isinstance(kernel, CellKernel)
+    precisions = [p for p, there in (("int8", int8_available()), ("int8, PyTorch passes", passes),
+                                     ("bf16", cpu_runs_bf16()), ("fp32", True)) if there]
     print(f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}, AMX {cpu_has_amx()}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, int8 cell update: {kernel.describe()}")
     print("| preset | batch | plain loop chars/s | " + " | ".join(f"{p} chars/s (ratio)" for p in precisions) + " |")
     print("| --- | ---: | ---: | " + " | ".join("---:" for _ in precisions) + " |")
     for name in args.presets.split(","):
@@ -54,7 +67,9 @@ def main() -> None:
         for batch, length, rounds in ((32, 60, args.rounds), (1, 200, max(1, args.rounds * 2 // 3))):
             loops = {"plain": naive_sampling_loop(model, batch)}
             for precision in precisions:
-                loops[precision] = charlstm_sampling_loop(Generator(model, vocab, precision=precision), batch)
+                generator = (PassesGenerator(model, vocab, precision="int8") if precision == "int8, PyTorch passes"
+                             else Generator(model, vocab, precision=precision))
+                loops[precision] = charlstm_sampling_loop(generator, batch)
             rates = alternating_rates(loops, length, rounds)
             cells = " | ".join(f"{rates[p] * batch:,.0f} ({rates[p] / rates['plain']:.2f}x)" for p in precisions)
             print(f"| {label} | {batch} | {rates['plain'] * batch:,.0f} | {cells} |", flush=True)

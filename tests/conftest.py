@@ -45,12 +45,19 @@ def tiny_corpus_file(tmp_path_factory: pytest.TempPathFactory, tiny_text: str) -
     return path
 
 
+@pytest.fixture(scope="session")
+def kernel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the compiled cell update through the session: built once, never in the user's cache."""
+    return tmp_path_factory.mktemp("kernels")
+
+
 @pytest.fixture(autouse=True)
-def private_corpus_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def private_corpus_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, kernel_dir: Path) -> Path:
     """Every test (and every CLI it starts) caches encoded corpora in its own directory, never the user's."""
     directory = tmp_path_factory.mktemp("corpus-cache")
     monkeypatch.setenv("CHARLSTM_CACHE_DIR", str(directory))
     monkeypatch.setenv("CHARLSTM_SPEED_CACHE", str(directory / "speed.json"))
+    monkeypatch.setenv("CHARLSTM_KERNEL_DIR", str(kernel_dir))
     return directory
 
 

@@ -56,7 +56,8 @@ def test_bench_table_shows_each_charlstm_figure_beside_plain_pytorch(monkeypatch
         train=TrainingSpeed(9_800.0, 10_000.0, 0.98, 33.2e6, 0.41, 0.42),
         peak=MatmulPeak(2048, 100e9, 200e9),
         sampling=[SamplingSpeed(1, 450.0, 2_700.0, 6.0), SamplingSpeed(32, 4_300.0, 17_200.0, 4.0)],
-        stops=StopSpeed(32, 16, 70.0, 77.0, 1.1), sampling_precision="bf16", cpu_capability="AVX512",
+        stops=StopSpeed(32, 16, 70.0, 77.0, 1.1), sampling_precision="bf16",
+        cell_update="C cell update (cc, -mavx2 -mfma)", cpu_capability="AVX512",
         prime_chars=200, first_char_ms=31.5, stepper_setup_ms=12.0,
         memory=MemoryBound(11_000_000, 55e9, 5_000.0, 2_700.0, 0.54),
     )
@@ -65,5 +66,5 @@ def test_bench_table_shows_each_charlstm_figure_beside_plain_pytorch(monkeypatch
     console.print_bench(result)
     shown = recording.export_text()
     for expected in ("9.80k chars/s", "10.00k chars/s", "0.98x", "6.00x", "4.00x", "31.5 ms", "54% of bound", "bf16",
-                     "16 rows stopping early", "1.10x"):
+                     "16 rows stopping early", "1.10x", "C cell update"):
         assert expected in shown, expected

@@ -18,7 +18,11 @@ each layer is one fused step instead:
   (see :class:`LSTMStepper`) so that the factors of 2 cost no passes at all;
 - in bf16 the weights are converted (and, where oneDNN is there, pre-packed)
   once, halving the bytes each step streams; the cell state, the gate
-  arithmetic and the output layer stay in fp32.
+  arithmetic and the output layer stay in fp32;
+- in int8 (CPUs without fast bf16, where the products are already at the
+  CPU's peak) the passes after each layer's product are one compiled C loop
+  (:mod:`.native`) where the machine has a C compiler: the same arithmetic,
+  one dispatch instead of about ten.
 
 What comes out is the model's own distribution: the logits match
 ``model(ids, state)`` to fp32 rounding (fp32) or to bf16 rounding of the matrix
@@ -34,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base.runtime import autocast
+from .native import CellKernel, KernelAbsent, cell_kernel
 from .network import CharLSTM, State
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
@@ -152,7 +157,7 @@ class LSTMStepper:
     slice of it that layer l-1 has just written: no copies between layers.
     """
 
-    def __init__(self, model: CharLSTM, batch_size: int, precision: str = "fp32"):
+    def __init__(self, model: CharLSTM, batch_size: int, precision: str = "fp32", native: bool = True):
         if not model.is_lstm:
             raise ValueError(f"the fused step is for LSTM cells, not {model.config.cell}")
         if precision not in ("fp32", "bf16", "int8"):
@@ -163,21 +168,30 @@ class LSTMStepper:
         self.batch_size = batch_size
         self.precision = precision
         compute = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
+        # int8 steps take the compiled cell update where there is one (fp32 keeps PyTorch's exact passes).
+        kernel = cell_kernel() if native and compute == torch.int8 else KernelAbsent("asked for PyTorch passes")
+        self.cell_kernel = kernel if isinstance(kernel, CellKernel) else None
+        self.cell_update = kernel.describe() if compute == torch.int8 else "PyTorch passes"
         scale = _cell_gate_doubled(hidden).to(device)
         rnn = model.rnn
         with torch.no_grad():
             bias0 = (rnn.bias_ih_l0 + rnn.bias_hh_l0).float() * scale[:, 0]
             self.input_table = F.linear(model.embedding.weight.float(), rnn.weight_ih_l0.float() * scale, bias0)
             self.gates = torch.zeros(batch_size, 4 * hidden, device=device)
-            self.gate_steps: list[Callable[[torch.Tensor], object]] = []
+            # Each layer's gate weights and bias; layer 0's input product and bias are the table above.
+            layer_weights: list[tuple[torch.Tensor, torch.Tensor | None]] = []
             for layer in range(layers):
                 w_hh = getattr(rnn, f"weight_hh_l{layer}").float() * scale * 2.0
                 if layer == 0:
-                    self.gate_steps.append(self._activated_gates(w_hh, None, compute))
+                    layer_weights.append((w_hh, None))
                     continue
                 w_ih = getattr(rnn, f"weight_ih_l{layer}").float() * scale * 2.0
                 bias = (getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")).float() * scale[:, 0]
-                self.gate_steps.append(self._activated_gates(torch.cat([w_ih, w_hh], dim=1), bias, compute))
+                layer_weights.append((torch.cat([w_ih, w_hh], dim=1), bias))
+            if self.cell_kernel is not None:
+                self.products = [int8_linear(weight, bias) for weight, bias in layer_weights]
+            else:
+                self.gate_steps = [self._activated_gates(weight, bias, compute) for weight, bias in layer_weights]
             # The weight bytes one step reads: where memory bandwidth is the limit, the floor on its time.
             element = 1 if compute == torch.int8 else torch.finfo(compute).bits // 8
             recurrent = sum(4 * hidden * (hidden if layer == 0 else 2 * hidden) for layer in range(layers))
@@ -197,16 +211,22 @@ class LSTMStepper:
 
     def _bind(self, rows: int) -> None:
         """Point every working view at the first ``rows`` rows of the buffers: finished streams cost nothing."""
-        hidden = self.full_double_c.shape[-1]
+        layers, hidden = self.full_double_c.shape[0], self.full_double_c.shape[-1]
         self.rows = rows
         self.gates = self.full_gates[:rows]
         half_h = self.full_half_h[:rows]
-        self.half_h = [half_h[:, layer * hidden : (layer + 1) * hidden] for layer in range(len(self.gate_steps))]
-        inputs = [half_h[:, max(0, layer - 1) * hidden : (layer + 1) * hidden] for layer in range(len(self.gate_steps))]
+        self.half_h = [half_h[:, layer * hidden : (layer + 1) * hidden] for layer in range(layers)]
+        inputs = [half_h[:, max(0, layer - 1) * hidden : (layer + 1) * hidden] for layer in range(layers)]
         self.double_c = self.full_double_c[:, :rows]
         self.half_tanh_c, self.logits = self.full_half_tanh_c[:rows], self.full_logits[:rows]
         self.i, self.f, self.g, self.o = self.gates.split(hidden, dim=1)
-        self.layers = list(zip(self.gate_steps, inputs, self.double_c, self.half_h))
+        if self.cell_kernel is not None:
+            self.native_layers = [
+                (product, x, double_c.data_ptr(), h.data_ptr())
+                for product, x, double_c, h in zip(self.products, inputs, self.double_c, self.half_h)
+            ]
+        else:
+            self.layers = list(zip(self.gate_steps, inputs, self.double_c, self.half_h))
 
     def _activated_gates(self, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype) -> Callable[[torch.Tensor], object]:
         """The gate buffer set to sigmoid(``x @ weight.T + bias``); with no bias, the product is added to what is
@@ -244,6 +264,8 @@ class LSTMStepper:
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed one character per stream (ids, shape (rows,)); the logits (rows, vocab) of the next."""
+        if self.cell_kernel is not None:
+            return self._compiled_step(ids)
         torch.index_select(self.input_table, 0, ids, out=self.gates)
         for activate_gates, x, double_c, half_h in self.layers:
             activate_gates(x)  # g now holds sigmoid(2 g_pre): tanh(g_pre) = 2 g - 1
@@ -251,3 +273,19 @@ class LSTMStepper:
             torch.sigmoid(double_c, out=self.half_tanh_c).sub_(0.5)  # tanh(c) / 2
             torch.mul(self.o, self.half_tanh_c, out=half_h)  # h / 2
         return torch.addmm(self.head_bias, half_h, self.head_weight_t, out=self.logits)
+
+    def _compiled_step(self, ids: torch.Tensor) -> torch.Tensor:
+        """``step`` with each layer's cell update in one compiled pass (the same arithmetic)."""
+        ids = ids.to(torch.int64).contiguous()
+        table, vocab = self.input_table, self.input_table.shape[0]
+        hidden, h_stride = self.full_double_c.shape[-1], self.full_half_h.stride(0)
+        update = self.cell_kernel.update
+        for layer, (product, x, c_pointer, h_pointer) in enumerate(self.native_layers):
+            gates = product(x)
+            if layer == 0:
+                if update(self.rows, hidden, gates.data_ptr(), gates.stride(0), table.data_ptr(), vocab, ids.data_ptr(),
+                          c_pointer, hidden, h_pointer, h_stride):
+                    raise IndexError(f"character ids must be in 0..{vocab - 1}, got {ids.min().item()}..{ids.max().item()}")
+            else:
+                update(self.rows, hidden, gates.data_ptr(), gates.stride(0), None, 0, None, c_pointer, hidden, h_pointer, h_stride)
+        return torch.addmm(self.head_bias, self.half_h[-1], self.head_weight_t, out=self.logits)

@@ -62,6 +62,17 @@ def test_in_place_draw_picks_what_pick_next_picks_for_the_same_seed():
             assert torch.equal(draw(logits), pick_next(logits, options, reference))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_the_race_draws_from_the_softmax_and_never_a_masked_character(temperature):
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.log().expand(40_000, -1).clone()  # the last one is -inf: a cut character
+    draw = InPlaceDraw(SamplingOptions(temperature=temperature), 40_000, 5, torch.Generator().manual_seed(3))
+    counts = torch.bincount(draw(logits), minlength=5).double() / 40_000
+    expected = torch.softmax(probs.log() / temperature, dim=-1).double()
+    assert counts[4] == 0
+    assert (counts - expected).abs().max() < 0.01, (counts, expected)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_same_seed_same_text_in_either_precision(loaded, precision):
     if precision == "bf16" and not cpu_runs_bf16():  # an AVX2-only CPU: refused up front, in one line

@@ -50,7 +50,7 @@ from .controls import (
     StopMatcher,
     TextDelta,
 )
-from .generator import PRIME_CHUNK, Generator, InPlaceDraw
+from .generator import PRIME_CHUNK, Generator, InPlaceDraw, race_noise
 
 # A request whose client went away ends its samples with this reason (nobody reads it but the server's log).
 CANCELLED = "cancelled"
@@ -435,15 +435,16 @@ class BatchedSampler:
         self._stepper = stepper
         self._ids, self._temperatures = ids, temperatures
         self._scores = torch.empty(capacity, len(self.vocab))
-        self._noise = torch.ones(capacity, len(self.vocab))
+        self._noise = torch.zeros(capacity, len(self.vocab))  # log E of every racing row, drawn each step
         self._racing = [live for live in self._live if live.racing]
 
     def _step(self) -> None:
         """Feed every live request's last characters and draw the next ones.
 
         Requests that sample from the whole distribution draw together, as :class:`InPlaceDraw`
-        draws (the argmax of logits / T - log E), each row's noise E from its own request's random
-        generator: the same characters, in one pass over the batch instead of one per request.
+        draws (the argmax of logits / T - log E), each row's noise log E from its own request's random
+        generator (:func:`race_noise`): the same characters, in one pass over the batch instead of one
+        per request.
         Requests with a greedy or cut (top-k, top-p) draw use their own.
         """
         assert self._stepper is not None
@@ -456,9 +457,9 @@ class BatchedSampler:
             logits[:, never] = float("-inf")
         if self._racing:
             for live in self._racing:
-                self._noise[live.row : live.row + live.request.num_samples].exponential_(generator=live.draw.rng)
+                race_noise(self._noise[live.row : live.row + live.request.num_samples], live.draw.rng)
             torch.div(logits, self._temperatures, out=self._scores)
-            self._scores.sub_(self._noise.log_())
+            self._scores.sub_(self._noise)
             torch.argmax(self._scores, dim=-1, out=self._ids)
         for live in self._live:
             end = live.row + live.request.num_samples

@@ -36,7 +36,7 @@ from .controls import (
     TextDelta,
 )
 
-__all__ = ["Generator", "InPlaceDraw", "SamplingOptions", "pick_next", "preview_text"]
+__all__ = ["Generator", "InPlaceDraw", "SamplingOptions", "pick_next", "preview_text", "race_noise"]
 
 # Characters read in one forward call: a megabyte-long prime in one call fails inside oneDNN.
 PRIME_CHUNK = 16384
@@ -60,17 +60,26 @@ def pick_next(logits: torch.Tensor, options: SamplingOptions, rng: torch.Generat
         scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered)
     if options.min_p is not None and options.min_p > 0.0:
         scores = scores.masked_fill(scores < scores.amax(dim=-1, keepdim=True) + math.log(options.min_p), float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
+    return torch.argmax(scores - race_noise(torch.empty_like(scores), rng), dim=-1)
+
+
+def race_noise(noise: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """Fill ``noise`` with log E, E ~ Exp(1) per element, and return it: the argmax of scores - log E
+    is a draw from softmax(scores) (the exponential race, which ``torch.multinomial`` also runs).
+
+    E is taken as -log U from uniforms: on a CPU ``exponential_`` costs about four times as much per
+    number (32 x 65 of them: 37 µs against 9 µs), a tenth of a batch-32 int8 sampling step. A U of 0
+    gives E = inf, a score of -inf: that character is not drawn, as with probability 2^-24 it should not be.
+    """
+    return noise.uniform_(generator=rng).log_().neg_().log_()
 
 
 class InPlaceDraw:
     """``pick_next`` for N streams, drawing into buffers allocated once.
 
-    ``torch.multinomial`` draws one sample as the argmax of p / E with E ~ Exp(1)
-    per character (the exponential race). In logs that is the argmax of
-    logits / T - log E: no softmax, the same random numbers from ``rng``, so the
-    same characters as ``pick_next`` up to float rounding. A min-p cut is one
+    Both draw by the exponential race: the argmax of logits / T - log E with
+    E ~ Exp(1) per character (:func:`race_noise`), so no softmax, and from the
+    same random numbers of ``rng`` the same characters. A min-p cut is one
     in-place mask; top-k and top-p cuts go through ``pick_next`` itself. The id
     ``never`` (if any) is never drawn. Fewer rows than ``num_streams`` (streams
     that finished) use the first rows of the buffers.
@@ -107,9 +116,9 @@ class InPlaceDraw:
         if self.log_min_p is not None:
             floor = scores.amax(dim=-1, keepdim=True).add_(self.log_min_p)
             scores.masked_fill_(scores < floor, float("-inf"))
-        self.noise.exponential_(generator=self.rng)
+        race_noise(self.noise, self.rng)
         noise = self.noise if streams is None or rows == len(self.noise) else self.noise.index_select(0, streams)
-        scores.sub_(noise.log_())
+        scores.sub_(noise)
         return torch.argmax(scores, dim=-1, out=self.ids[:rows])
 
 

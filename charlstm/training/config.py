@@ -24,7 +24,7 @@ class TrainConfig:
     steps: int | None = None
     epochs: float | None = None
     time_budget: float | None = None
-    lr: float = 5e-3
+    lr: float = 4e-3
     min_lr_ratio: float = 0.02
     warmup_steps: int = 50
     weight_decay: float = 0.01

@@ -7,7 +7,7 @@ be fused with PyTorch's own operations, so ``lstm_cell.c`` does them in one pass
 compiled with the machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for the
 instruction set PyTorch itself runs at, into the user's cache folder, and checked against
 PyTorch on a small case before it is used. Where there is no compiler, or anything in that
-fails, :func:`cell_kernel` returns ``None`` and the stepper keeps PyTorch's passes:
+fails, :func:`cell_kernel` returns why (:class:`KernelAbsent`) and the stepper keeps PyTorch's passes:
 sampling is then slower, never different or broken. Nothing is downloaded.
 """
 
@@ -81,16 +81,12 @@ def _torch_openmp() -> Path | None:
     return next(iter(sorted(Path(torch.__file__).parent.joinpath("lib").glob("libgomp*.so*"))), None)
 
 
-def _flags() -> tuple[str, ...]:
-    flags = COMPILE_FLAGS + (("-fopenmp",) if _torch_openmp() else ())
+def _flags(openmp: Path | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The compile flags and the link flags (PyTorch's OpenMP runtime, where there is one)."""
+    flags = COMPILE_FLAGS + (("-fopenmp",) if openmp else ())
     if platform.machine().lower() in ("x86_64", "amd64"):
-        return flags + ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), ())
-    return flags
-
-
-def _link_flags() -> tuple[str, ...]:
-    openmp = _torch_openmp()
-    return (str(openmp), f"-Wl,-rpath,{openmp.parent}") if openmp else ()
+        flags += ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), ())
+    return flags, ((str(openmp), f"-Wl,-rpath,{openmp.parent}") if openmp else ())
 
 
 def _build(compiler: str, flags: tuple[str, ...], link: tuple[str, ...], source: bytes, target: Path) -> None:
@@ -104,7 +100,8 @@ def _build(compiler: str, flags: tuple[str, ...], link: tuple[str, ...], source:
                         [compiler, "-shared", str(object_file), *link, "-o", str(library)]):
             done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_SECONDS, stdin=subprocess.DEVNULL)
             if done.returncode != 0:
-                raise OSError(f"{Path(compiler).name} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+                said = (done.stderr or done.stdout).strip().splitlines()
+                raise OSError(f"{Path(compiler).name} failed: {said[-1] if said else f'exit status {done.returncode}'}")
         os.replace(library, target)
 
 
@@ -147,7 +144,7 @@ def cell_kernel() -> CellKernel | KernelAbsent:
     compiler = _compiler()
     if compiler is None:
         return KernelAbsent("no C compiler found; set CC or install gcc or clang for faster sampling")
-    flags, link = _flags(), _link_flags()
+    flags, link = _flags(_torch_openmp())
     source = resources.files(__package__).joinpath("lstm_cell.c").read_bytes()
     key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags + link).encode(), platform.machine().encode()]))
     path = user_dir("cache", "kernels", KERNEL_DIR_ENV) / f"lstm_cell-{key.hexdigest()[:16]}.so"

@@ -4,8 +4,9 @@ For each preset, a ``Generator`` at each precision and the plain per-character `
 ``charlstm bench`` run in alternating rounds (so a shared machine's drift falls on all of them), at
 batch 32 and batch 1; it prints characters per second and the ratio to the plain loop. The rule in
 ``charlstm.generation.generator.sampling_precision`` follows what this showed: int8 on CPUs without
-AMX for layers of 256 units and up, fp32 below, bf16 with AMX. Where the compiled cell update is built,
-an "int8, PyTorch passes" column shows the same int8 steps without it, side by side.
+AMX for layers of 256 units and up, fp32 below, bf16 with AMX. Where the compiled int8 layer step is
+built, an "int8, fbgemm" column shows int8 steps without it (fbgemm's products and PyTorch's passes), side
+by side.
 
     python benchmarks/sampling_precisions.py --presets compact,wide,wider,medium,large
 
@@ -31,14 +32,14 @@ from charlstm.analysis.bench import (
 )
 from charlstm.base.runtime import cpu_has_amx, cpu_runs_bf16
 from charlstm.generation.generator import Generator
-from charlstm.model.native import CellKernel, cell_kernel
+from charlstm.model.native import LayerKernel, layer_kernel
 from charlstm.model.network import CharLSTM
 from charlstm.model.stepper import LSTMStepper, Stepper, int8_available
 from charlstm.training.presets import ALL_PRESETS
 
 
-class PassesGenerator(Generator):
-    """int8 steps with PyTorch's passes after each product instead of the compiled cell update."""
+class FbgemmGenerator(Generator):
+    """int8 steps through fbgemm's products and PyTorch's passes instead of the compiled layer step."""
 
     def _take_stepper(self, num_streams: int) -> Stepper:
         idle = self._idle_steppers.get(num_streams)
@@ -50,12 +51,12 @@ def main() -> None:
     parser.add_argument("--presets", default="compact,wide,wider,medium,large")
     parser.add_argument("--rounds", type=int, default=12, help="alternating rounds at batch 32 (batch 1 takes two thirds)")
     args = parser.parse_args()
-    kernel = cell_kernel()
-    passes = int8_available() and isinstance(kernel, CellKernel)
-    precisions = [p for p, there in (("int8", int8_available()), ("int8, PyTorch passes", passes),
+    kernel = layer_kernel()
+    fbgemm = int8_available() and isinstance(kernel, LayerKernel)
+    precisions = [p for p, there in (("int8", int8_available()), ("int8, fbgemm", fbgemm),
                                      ("bf16", cpu_runs_bf16()), ("fp32", True)) if there]
     print(f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}, AMX {cpu_has_amx()}, "
-          f"{torch.get_num_threads()} threads, int8 cell update: {kernel.describe()}")
+          f"{torch.get_num_threads()} threads, int8 steps: {kernel.describe()}")
     print("| preset | batch | plain loop chars/s | " + " | ".join(f"{p} chars/s (ratio)" for p in precisions) + " |")
     print("| --- | ---: | ---: | " + " | ".join("---:" for _ in precisions) + " |")
     for name in args.presets.split(","):
@@ -67,7 +68,7 @@ def main() -> None:
         for batch, length, rounds in ((32, 60, args.rounds), (1, 200, max(1, args.rounds * 2 // 3))):
             loops = {"plain": naive_sampling_loop(model, batch)}
             for precision in precisions:
-                generator = (PassesGenerator(model, vocab, precision="int8") if precision == "int8, PyTorch passes"
+                generator = (FbgemmGenerator(model, vocab, precision="int8") if precision == "int8, fbgemm"
                              else Generator(model, vocab, precision=precision))
                 loops[precision] = charlstm_sampling_loop(generator, batch)
             rates = alternating_rates(loops, length, rounds)

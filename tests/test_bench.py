@@ -1,9 +1,12 @@
 import json
 
+import torch
 from test_cli import run_cli
 
 from charlstm.analysis.bench import training_flops_per_char
+from charlstm.generation.generator import sampling_precision
 from charlstm.model.config import ModelConfig
+from charlstm.model.stepper import int8_compiled
 
 
 def test_training_flops_count_every_gate_product_forward_and_backward():
@@ -24,7 +27,8 @@ def test_bench_runs_end_to_end_and_reports_every_measure_as_json():
     assert train["ratio"] == train["charlstm_chars_per_sec"] / train["bare_chars_per_sec"]
     assert result["peak"]["fp32_flops_per_sec"] > 0 and result["peak"]["bf16_flops_per_sec"] > 0
     chosen = result["sampling_precision"]
-    assert chosen in ("bf16", "fp32")  # the tiny shape is below the size where int8 steps pay
+    assert chosen == sampling_precision("auto", torch.device("cpu"), result["model"]["hidden_size"])
+    assert result["sampling_step"].startswith("compiled int8" if chosen == "int8" and int8_compiled() else ("fbgemm", "PyTorch"))
     assert [s["batch"] for s in result["sampling"] if s["precision"] == chosen] == [1, 32]
     for speed in result["sampling"]:
         assert speed["ratio"] == speed["charlstm_chars_per_sec"] / speed["naive_chars_per_sec"]
@@ -57,7 +61,7 @@ def test_bench_table_shows_each_charlstm_figure_beside_plain_pytorch(monkeypatch
         peak=MatmulPeak(2048, 100e9, 200e9),
         sampling=[SamplingSpeed(1, 450.0, 2_700.0, 6.0), SamplingSpeed(32, 4_300.0, 17_200.0, 4.0)],
         stops=StopSpeed(32, 16, 70.0, 77.0, 1.1), sampling_precision="bf16",
-        cell_update="C cell update (cc, -mavx2 -mfma)", cpu_capability="AVX512",
+        sampling_step="compiled int8 layer step (cc, -mavx2 -mfma)", cpu_capability="AVX512",
         prime_chars=200, first_char_ms=31.5, stepper_setup_ms=12.0,
         memory=MemoryBound(11_000_000, 55e9, 5_000.0, 2_700.0, 0.54),
     )
@@ -66,5 +70,5 @@ def test_bench_table_shows_each_charlstm_figure_beside_plain_pytorch(monkeypatch
     console.print_bench(result)
     shown = recording.export_text()
     for expected in ("9.80k chars/s", "10.00k chars/s", "0.98x", "6.00x", "4.00x", "31.5 ms", "54% of bound", "bf16",
-                     "16 rows stopping early", "1.10x", "C cell update"):
+                     "16 rows stopping early", "1.10x", "compiled int8 layer step"):
         assert expected in shown, expected

@@ -205,7 +205,7 @@ def test_a_wheel_carries_the_catalogue_and_an_install_finds_it(tmp_path, monkeyp
     (wheel,) = (tmp_path / "dist").glob("charlstm-*.whl")
     with zipfile.ZipFile(wheel) as archive:  # the shipped base model and the C cell update travel as package data
         assert {"charlstm/shipped/base/model.safetensors", "charlstm/shipped/base/config.json",
-                "charlstm/model/lstm_cell.c"} <= set(archive.namelist())
+                "charlstm/model/lstm_layer.c"} <= set(archive.namelist())
     prefix = tmp_path / "prefix"  # --ignore-installed: never uninstall the charlstm that runs these tests
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--ignore-installed", "--prefix", str(prefix), str(wheel)],
                    check=True, capture_output=True)

@@ -241,7 +241,7 @@ def test_bench_table_shows_onnxruntime_beside_the_fused_step_and_the_plain_loop(
         size="medium", model=ModelConfig(vocab_size=65).to_dict(), parameters=1_900_000, batch_size=32, seq_len=64,
         precision="fp32", threads=2, train=TrainingSpeed(9_000.0, 9_000.0, 1.0, 11e6, 0.3, 0.3),
         peak=MatmulPeak(2048, 100e9, 1e9), sampling=[SamplingSpeed(1, 600.0, 3_000.0, 5.0)],
-        stops=StopSpeed(32, 16, 70.0, 77.0, 1.1), sampling_precision="fp32", cell_update="PyTorch passes",
+        stops=StopSpeed(32, 16, 70.0, 77.0, 1.1), sampling_precision="fp32", sampling_step="PyTorch operations",
         cpu_capability="AVX2",
         prime_chars=200, first_char_ms=9.0, stepper_setup_ms=5.0, memory=MemoryBound(7_000_000, 50e9, 7_000.0, 3_000.0, 0.4),
         other_runtime=OtherRuntimeSpeed("onnxruntime", 2_400.0, 3_000.0, 600.0),

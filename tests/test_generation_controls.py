@@ -270,18 +270,20 @@ def test_int8_steps_keep_the_models_probabilities_to_int8_rounding(generator):
     assert len(int8.complete(GenerationRequest("The", 50, seed=1, num_samples=3, stop=(".",)))) == 3
 
 
-@pytest.mark.parametrize("amx, hidden, asked, chosen", [
-    (False, 384, "auto", "int8"),   # AVX2 or AVX512-VNNI without AMX: fbgemm's int8 products beat fp32 and bf16
-    (False, 192, "auto", "fp32"),   # below INT8_FROM_HIDDEN the per-call quantisation costs more than it saves
-    (True, 384, "auto", None),      # AMX runs oneDNN's bf16 products on its tiles
-    (False, 384, "fp32", "fp32"),   # a named precision is kept
-    (False, 384, "int8", "int8"),
+@pytest.mark.parametrize("amx, compiled, hidden, asked, chosen", [
+    (False, False, 384, "auto", "int8"),   # AVX2 or AVX512-VNNI without AMX: int8 products beat fp32 and bf16
+    (False, False, 192, "auto", "fp32"),   # with fbgemm, below INT8_FROM_HIDDEN its per-call cost outweighs the saving
+    (False, True, 64, "auto", "int8"),     # the compiled layer step wins at every size
+    (True, True, 384, "auto", None),       # AMX runs oneDNN's bf16 products on its tiles
+    (False, True, 384, "fp32", "fp32"),    # a named precision is kept
+    (False, False, 384, "int8", "int8"),
 ])
-def test_auto_sampling_takes_int8_on_cpus_without_amx_for_wide_layers_and_fp32_below(monkeypatch, amx, hidden, asked, chosen):
+def test_auto_sampling_takes_int8_on_cpus_without_amx(monkeypatch, amx, compiled, hidden, asked, chosen):
     from charlstm.base.runtime import resolve_precision
     from charlstm.generation import generator as generation
 
     monkeypatch.setattr(generation, "cpu_has_amx", lambda: amx)
     monkeypatch.setattr(generation, "int8_available", lambda device: True)
+    monkeypatch.setattr(generation, "int8_compiled", lambda: compiled)
     expected = chosen or resolve_precision("auto", torch.device("cpu"))
     assert generation.sampling_precision(asked, torch.device("cpu"), hidden) == expected

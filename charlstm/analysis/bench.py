@@ -173,7 +173,7 @@ class BenchResult:
     sampling: list[SamplingSpeed]
     stops: StopSpeed
     sampling_precision: str
-    cell_update: str  # how the sampling steps update the LSTM cells: the compiled C pass or PyTorch's own
+    sampling_step: str  # how the sampling steps run: the compiled int8 layer step, or PyTorch's operations
     cpu_capability: str
     prime_chars: int
     first_char_ms: float
@@ -538,7 +538,7 @@ def run_bench(config: BenchConfig, on_phase: Callable[[str], None] = lambda phas
         sampling=sampling,
         stops=stops,
         sampling_precision=generator.precision,
-        cell_update=stepper.cell_update,
+        sampling_step=stepper.step_description,
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         prime_chars=config.prime_chars,
         first_char_ms=first_char * 1e3,

@@ -25,6 +25,7 @@ from ..model.stepper import (
     Stepper,
     forward_last,
     int8_available,
+    int8_compiled,
 )
 from .controls import (
     CharLogprob,
@@ -125,25 +126,28 @@ class InPlaceDraw:
 SamplingPrecision = Literal["auto", "bf16", "fp32", "int8"]
 
 
-# Below this hidden size fbgemm's per-call quantisation costs more than int8 saves (bench on AVX2: 1x128 ran
-# batch 32 at 1.57x the plain loop in int8 against 1.96x in fp32; 2x384 at 2.28x against 1.51x).
+# Without the compiled layer step, below this hidden size fbgemm's per-call quantisation costs more than int8
+# saves (bench on AVX2: 1x128 ran batch 32 at 1.57x the plain loop in int8 against 1.96x in fp32; 2x384 at
+# 2.28x against 1.51x). The compiled step has no such cost: int8 led fp32 at every size from 1x32 to 2x512.
 INT8_FROM_HIDDEN = 256
 
 
 def sampling_precision(precision: SamplingPrecision, device: torch.device, hidden_size: int = INT8_FROM_HIDDEN) -> str:
     """The arithmetic of sampling steps: as :func:`resolve_precision` for training, except that ``auto`` on a
-    CPU without AMX takes int8 weights for layers of at least ``INT8_FROM_HIDDEN`` units and fp32 for
-    narrower ones. Without AMX the products are bound by multiply-adds: fbgemm's int8 kernels beat fp32 (and
-    emulated bf16) on an AVX2-only CPU, and beat oneDNN's bf16 on one with AVX512-bf16 and VNNI, where fp32
-    beats bf16 below 256 units (benchmarks/RESULTS.md has the figures). With AMX, oneDNN's bf16 products run
-    on the tile unit."""
+    CPU without AMX takes int8 weights: at any size where the compiled layer step is built, else (fbgemm's
+    products) for layers of at least ``INT8_FROM_HIDDEN`` units and fp32 for narrower ones. Without AMX the
+    products are bound by multiply-adds: int8 beats fp32 (and emulated bf16) on an AVX2-only CPU, and beats
+    oneDNN's bf16 on one with AVX512-bf16 and VNNI, where fp32 beats bf16 below 256 units
+    (benchmarks/RESULTS.md has the figures). With AMX, oneDNN's bf16 products run on the tile unit."""
     if precision == "int8":
         if not int8_available(device):
             raise CharlstmError("int8 sampling needs a CPU with PyTorch's fbgemm engine; use --precision fp32")
         return "int8"
     resolved = resolve_precision(precision, device)
     if precision == "auto" and device.type == "cpu" and not cpu_has_amx():
-        return "int8" if hidden_size >= INT8_FROM_HIDDEN and int8_available(device) else "fp32"
+        if int8_available(device) and (hidden_size >= INT8_FROM_HIDDEN or int8_compiled()):
+            return "int8"
+        return "fp32"
     return resolved
 
 

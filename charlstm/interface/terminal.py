@@ -432,7 +432,7 @@ def print_bench(result: "BenchResult") -> None:
     title = (
         f"charlstm bench — {result.size}: LSTM {m['num_layers']}x{m['hidden_size']}, embedding {m['emb_size']}, "
         f"vocabulary {m['vocab_size']} ({format_count(result.parameters)} parameters), precision {result.precision} "
-        f"(sampling {result.sampling_precision}, {result.cell_update}), CPU {result.cpu_capability}, {result.threads} thread{'s' if result.threads != 1 else ''}"
+        f"(sampling {result.sampling_precision}, {result.sampling_step}), CPU {result.cpu_capability}, {result.threads} thread{'s' if result.threads != 1 else ''}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("measure")

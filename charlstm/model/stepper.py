@@ -19,10 +19,11 @@ each layer is one fused step instead:
 - in bf16 the weights are converted (and, where oneDNN is there, pre-packed)
   once, halving the bytes each step streams; the cell state, the gate
   arithmetic and the output layer stay in fp32;
-- in int8 (CPUs without fast bf16, where the products are already at the
-  CPU's peak) the passes after each layer's product are one compiled C loop
-  (:mod:`.native`) where the machine has a C compiler: the same arithmetic,
-  one dispatch instead of about ten.
+- in int8 (CPUs without fast bf16, where the products are bound by the
+  multiply-adds) each layer is one call of a compiled C step (:mod:`.native`)
+  where the machine has a C compiler: the input quantised once, the products
+  and the cell update in registers; fbgemm's products and PyTorch's passes
+  where it has none.
 
 What comes out is the model's own distribution: the logits match
 ``model(ids, state)`` to fp32 rounding (fp32) or to bf16 rounding of the matrix
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base.runtime import autocast
-from .native import CellKernel, KernelAbsent, cell_kernel
+from .native import KernelAbsent, LayerKernel, layer_kernel
 from .network import CharLSTM, State
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
@@ -80,6 +81,11 @@ def bf16_linear(weight: torch.Tensor, batch_size: int) -> MatVec:
 def int8_available(device: torch.device | str = "cpu") -> bool:
     """Whether fbgemm's int8 products (AVX2 and up) are there to run int8 weights on this CPU."""
     return torch.device(device).type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def int8_compiled() -> bool:
+    """Whether int8 steps run the compiled layer step here (built on first ask; see :mod:`.native`)."""
+    return isinstance(layer_kernel(), LayerKernel)
 
 
 def int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> MatVec:
@@ -168,10 +174,10 @@ class LSTMStepper:
         self.batch_size = batch_size
         self.precision = precision
         compute = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
-        # int8 steps take the compiled cell update where there is one (fp32 keeps PyTorch's exact passes).
-        kernel = cell_kernel() if native and compute == torch.int8 else KernelAbsent("asked for PyTorch passes")
-        self.cell_kernel = kernel if isinstance(kernel, CellKernel) else None
-        self.cell_update = kernel.describe() if compute == torch.int8 else "PyTorch passes"
+        # int8 steps take the compiled layer step where there is one; fp32 and bf16 run PyTorch's operations.
+        kernel = layer_kernel() if native and compute == torch.int8 else KernelAbsent("asked for them")
+        self.layer_kernel = kernel if isinstance(kernel, LayerKernel) else None
+        self.step_description = kernel.describe() if compute == torch.int8 else "PyTorch operations"
         scale = _cell_gate_doubled(hidden).to(device)
         rnn = model.rnn
         with torch.no_grad():
@@ -188,8 +194,12 @@ class LSTMStepper:
                 w_ih = getattr(rnn, f"weight_ih_l{layer}").float() * scale * 2.0
                 bias = (getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")).float() * scale[:, 0]
                 layer_weights.append((torch.cat([w_ih, w_hh], dim=1), bias))
-            if self.cell_kernel is not None:
-                self.products = [int8_linear(weight, bias) for weight, bias in layer_weights]
+            if self.layer_kernel is not None:
+                self.packed_layers = [self.layer_kernel.pack(weight, bias, self.input_table if layer == 0 else None)
+                                      for layer, (weight, bias) in enumerate(layer_weights)]
+                self.scratch = torch.empty(batch_size, max(packed.inputs_padded for packed in self.packed_layers),
+                                           dtype=torch.uint8)
+                self.scratch_scale = torch.empty(batch_size)
             else:
                 self.gate_steps = [self._activated_gates(weight, bias, compute) for weight, bias in layer_weights]
             # The weight bytes one step reads: where memory bandwidth is the limit, the floor on its time.
@@ -220,10 +230,14 @@ class LSTMStepper:
         self.double_c = self.full_double_c[:, :rows]
         self.half_tanh_c, self.logits = self.full_half_tanh_c[:rows], self.full_logits[:rows]
         self.i, self.f, self.g, self.o = self.gates.split(hidden, dim=1)
-        if self.cell_kernel is not None:
-            self.native_layers = [
-                (product, x, double_c.data_ptr(), h.data_ptr())
-                for product, x, double_c, h in zip(self.products, inputs, self.double_c, self.half_h)
+        if self.layer_kernel is not None:  # each layer's call, less the ids between the two parts (see lstm_layer.c)
+            self.compiled_layers = [
+                ((rows, layer.hidden, layer.inputs, layer.inputs_padded, x.data_ptr(), x.stride(0), self.scratch.data_ptr(),
+                  self.scratch_scale.data_ptr(), layer.weights.data_ptr(), layer.start.data_ptr(), layer.scale.data_ptr(),
+                  layer.bias.data_ptr(), None if layer.table is None else layer.table.data_ptr(),
+                  0 if layer.table is None else layer.table.shape[0]),
+                 (double_c.data_ptr(), double_c.stride(0), h.data_ptr(), h.stride(0)))
+                for layer, x, double_c, h in zip(self.packed_layers, inputs, self.double_c, self.half_h)
             ]
         else:
             self.layers = list(zip(self.gate_steps, inputs, self.double_c, self.half_h))
@@ -264,7 +278,7 @@ class LSTMStepper:
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed one character per stream (ids, shape (rows,)); the logits (rows, vocab) of the next."""
-        if self.cell_kernel is not None:
+        if self.layer_kernel is not None:
             return self._compiled_step(ids)
         torch.index_select(self.input_table, 0, ids, out=self.gates)
         for activate_gates, x, double_c, half_h in self.layers:
@@ -275,17 +289,11 @@ class LSTMStepper:
         return torch.addmm(self.head_bias, half_h, self.head_weight_t, out=self.logits)
 
     def _compiled_step(self, ids: torch.Tensor) -> torch.Tensor:
-        """``step`` with each layer's cell update in one compiled pass (the same arithmetic)."""
+        """``step`` with each layer one call of the compiled int8 step (layer 0 reads its table row by id)."""
         ids = ids.to(torch.int64).contiguous()
-        table, vocab = self.input_table, self.input_table.shape[0]
-        hidden, h_stride = self.full_double_c.shape[-1], self.full_half_h.stride(0)
-        update = self.cell_kernel.update
-        for layer, (product, x, c_pointer, h_pointer) in enumerate(self.native_layers):
-            gates = product(x)
-            if layer == 0:
-                if update(self.rows, hidden, gates.data_ptr(), gates.stride(0), table.data_ptr(), vocab, ids.data_ptr(),
-                          c_pointer, hidden, h_pointer, h_stride):
-                    raise IndexError(f"character ids must be in 0..{vocab - 1}, got {ids.min().item()}..{ids.max().item()}")
-            else:
-                update(self.rows, hidden, gates.data_ptr(), gates.stride(0), None, 0, None, c_pointer, hidden, h_pointer, h_stride)
+        step, ids_pointer = self.layer_kernel.step, ids.data_ptr()
+        for before_ids, after_ids in self.compiled_layers:
+            if step(*before_ids, ids_pointer, *after_ids):
+                vocab = self.input_table.shape[0]
+                raise IndexError(f"character ids must be in 0..{vocab - 1}, got {ids.min().item()}..{ids.max().item()}")
         return torch.addmm(self.head_bias, self.half_h[-1], self.head_weight_t, out=self.logits)

@@ -81,8 +81,8 @@ which_option = click.option("--which", type=click.Choice(["best", "last"]), defa
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 PRECISIONS = ["auto", "bf16", "fp32"]
 SAMPLING_PRECISIONS = [*PRECISIONS, "int8"]
-SAMPLING_PRECISION_HELP = ("Weights for the matrix products: auto is int8 on CPUs without AMX (fp32 below hidden "
-                           "size 256), bf16 on CPUs with AMX and on GPUs that run it, else fp32.")
+SAMPLING_PRECISION_HELP = ("Weights for the matrix products: auto is int8 on CPUs without AMX (without a C compiler, "
+                           "fp32 below hidden size 256), bf16 on CPUs with AMX and on GPUs that run it, else fp32.")
 
 
 def device_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

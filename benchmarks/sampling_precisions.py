@@ -4,9 +4,9 @@ For each preset, a ``Generator`` at each precision and the plain per-character `
 ``charlstm bench`` run in alternating rounds (so a shared machine's drift falls on all of them), at
 batch 32 and batch 1; it prints characters per second and the ratio to the plain loop. The rule in
 ``charlstm.generation.generator.sampling_precision`` follows what this showed: int8 on CPUs without
-AMX for layers of 256 units and up, fp32 below, bf16 with AMX. Where the compiled int8 layer step is
-built, an "int8, fbgemm" column shows int8 steps without it (fbgemm's products and PyTorch's passes), side
-by side.
+AMX (at every width with the compiled int8 layer step; with fbgemm alone from 256 units up, fp32 below),
+bf16 with AMX. Where the compiled step is built, an "int8, fbgemm" column shows int8 steps without it
+(fbgemm's products and PyTorch's passes), side by side.
 
     python benchmarks/sampling_precisions.py --presets compact,wide,wider,medium,large
 

@@ -47,7 +47,7 @@ def tiny_corpus_file(tmp_path_factory: pytest.TempPathFactory, tiny_text: str) -
 
 @pytest.fixture(scope="session")
 def kernel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder for the compiled cell update through the session: built once, never in the user's cache."""
+    """One folder for the compiled int8 layer step through the session: built once, never in the user's cache."""
     return tmp_path_factory.mktemp("kernels")
 
 

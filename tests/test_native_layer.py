@@ -112,13 +112,16 @@ def twin_step(network: CharLSTM, state: tuple[torch.Tensor, torch.Tensor], ids: 
 
 
 @needs_kernel
-def test_compiled_int8_steps_are_their_pytorch_twin_to_fp32_rounding():
-    network = model(hidden=21)  # padded blocks of units and of inputs in every layer
-    stepper = LSTMStepper(network, 5, "int8")
+@pytest.mark.parametrize("hidden, streams", [(21, 5), (100, 9)])
+def test_compiled_int8_steps_are_their_pytorch_twin_to_fp32_rounding(hidden, streams):
+    """Padded blocks of units and of inputs in every layer; at 100 units and 9 streams the layers above the
+    first are big enough to run on several threads while reading the buffer they write."""
+    network = model(hidden=hidden)
+    stepper = LSTMStepper(network, streams, "int8")
     assert stepper.layer_kernel is not None
     rng = torch.Generator().manual_seed(1)
-    state = tuple(torch.randn(s.shape, generator=rng) * 0.5 for s in network.init_state(5))
-    ids = torch.tensor([0, 7, 29, 3, 12])
+    state = tuple(torch.randn(s.shape, generator=rng) * 0.5 for s in network.init_state(streams))
+    ids = torch.tensor([0, 7, 29, 3, 12, 5, 5, 28, 1][:streams])
     with torch.no_grad():
         for rows in (None, torch.tensor([4, 1])):  # all five streams, then two of them (the others finished)
             stepper.load_state(state)
@@ -130,6 +133,39 @@ def test_compiled_int8_steps_are_their_pytorch_twin_to_fp32_rounding():
             torch.testing.assert_close(stepper.step(step_ids), expected_logits, rtol=1e-4, atol=1e-4)
             for mine, theirs in zip(stepper.state(), expected_state):
                 torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_a_nan_in_one_row_leaves_the_other_rows_alone():
+    kernel = layer_kernel()
+    rng = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(4 * 24, 20, generator=rng), torch.randn(4 * 24, generator=rng)
+    x = torch.rand(3, 20, generator=rng) - 0.5
+    x[1, 4] = float("nan")
+    double_c, half_h = torch.randn(3, 24, generator=rng), torch.zeros(3, 24)
+    expected_c, expected_h = reference_step(weight, bias, None, None, x, double_c)
+    layer = kernel.pack(weight, bias, None)
+    assert run_step(kernel, layer, x, None, double_c, half_h, torch.empty(3, layer.inputs_padded, dtype=torch.uint8),
+                    torch.empty(3)) == 0
+    for row in (0, 2):
+        torch.testing.assert_close(double_c[row], expected_c[row], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(half_h[row], expected_h[row], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_a_state_or_ids_of_the_wrong_shape_are_refused(precision):
+    """The compiled step holds the buffers' addresses: a state that does not fit must not resize them."""
+    stepper = LSTMStepper(model(2), 3, precision)
+    too_many = tuple(torch.zeros(2, 4, 64) for _ in range(2))
+    with pytest.raises(ValueError, match="rows 1..3"):
+        stepper.load_state(too_many)
+    with pytest.raises(ValueError, match="2 x rows x 64"):
+        stepper.load_state((torch.zeros(2, 3, 64), torch.zeros(2, 3, 32)))
+    stepper.load_state(tuple(torch.zeros(2, 2, 64) for _ in range(2)))
+    if stepper.layer_kernel is not None:
+        with pytest.raises(ValueError, match="2 ids"):
+            stepper.step(torch.tensor([1, 2, 3]))
+    assert stepper.step(torch.tensor([1, 2])).shape == (2, 30)
 
 
 @needs_kernel
@@ -149,6 +185,21 @@ def test_without_a_compiler_sampling_keeps_pytorchs_passes(monkeypatch, tmp_path
     stepper = LSTMStepper(model(2), 2, "int8")
     assert stepper.layer_kernel is None and "no C compiler" in stepper.step_description
     assert stepper.step(torch.tensor([1, 2])).shape == (2, 30)
+
+
+def test_clang_is_not_used_with_pytorchs_gnu_openmp(monkeypatch, tmp_path):
+    clang = tmp_path / "clang"
+    clang.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'Debian clang version 17.0.6' && exit 0\nexit 1\n")
+    clang.chmod(clang.stat().st_mode | stat.S_IEXEC)
+    kernel = build_fresh(monkeypatch, tmp_path / "kernels", CC=str(clang))
+    assert isinstance(kernel, KernelAbsent) and "set CC=gcc" in kernel.reason
+
+
+@needs_kernel
+def test_a_compiler_named_with_arguments_is_run_with_them(monkeypatch, tmp_path):
+    kernel = build_fresh(monkeypatch, tmp_path / "kernels", CC="env cc")  # as "ccache gcc" would be
+    assert isinstance(kernel, LayerKernel), kernel.describe()
+    assert kernel.describe().startswith("compiled int8 layer step (env cc, ")
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="needs cc to build the impostor")

@@ -49,7 +49,9 @@ static inline float sigmoid(float x) {
     return 1.0f / (1.0f + p * two_to_n.value);
 }
 
-/* One input row to seven bits (see above); its scale s is returned. The padding past k is 64 (zero). */
+/* One input row to seven bits (see above); its scale s is returned. The padding past k is 64 (zero).
+ * Each x / s is clamped to -63..63 on its way (a no-op for finite rows of normal floats): a row whose
+ * largest value is subnormal would round past it, and a NaN must not reach the conversion to int. */
 static float quantize_row(int64_t k, int64_t k_padded, const float *restrict x, uint8_t *restrict q) {
     float largest = 0.0f;
 #pragma omp simd reduction(max : largest)
@@ -57,8 +59,12 @@ static float quantize_row(int64_t k, int64_t k_padded, const float *restrict x, 
         largest = fabsf(x[j]) > largest ? fabsf(x[j]) : largest;
     float scale = largest > 0.0f ? largest / 63.0f : 1.0f;
 #pragma omp simd
-    for (int64_t j = 0; j < k; j++)
-        q[j] = (uint8_t)((int32_t)nearbyintf(x[j] / scale) + 64);
+    for (int64_t j = 0; j < k; j++) {
+        float v = x[j] / scale;
+        v = v > -63.0f ? v : -63.0f; /* NaN lands here too */
+        v = v < 63.0f ? v : 63.0f;
+        q[j] = (uint8_t)((int32_t)nearbyintf(v) + 64);
+    }
     for (int64_t j = k; j < k_padded; j++)
         q[j] = 64;
     return scale;

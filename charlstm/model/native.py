@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,8 @@ import torch
 from ..base.fsutil import user_dir
 
 KERNEL_DIR_ENV = "CHARLSTM_KERNEL_DIR"
-# Strict IEEE rounding for everything but errno and traps (which stop the loops vectorizing);
-# no -ffast-math: linking with it would switch denormals off for the whole process.
+# No errno or traps (they stop the loops vectorizing), and no -ffast-math: linking with it would switch
+# denormals off for the whole process. (The compiler may still fuse a multiply and an add into one FMA.)
 COMPILE_FLAGS = ("-O3", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 # x86 flags by the instruction set PyTorch's own kernels run at (ATEN_CPU_CAPABILITY caps both);
 # AVX512 machines with VNNI also get its one-instruction int8 dot products.
@@ -87,7 +88,7 @@ class PackedLayer:
     hidden: int
     inputs: int
     inputs_padded: int
-    weights: torch.Tensor  # int8: blocks x inputs/4 x 4 gates x units x 4
+    weights: torch.Tensor  # int8: blocks x inputs_padded/4 x 4 gates x units x 4
     start: torch.Tensor  # int32, blocks x 4 x units: -64 times each weight row's sum
     scale: torch.Tensor  # blocks x 4 x units
     bias: torch.Tensor  # blocks x 4 x units
@@ -100,14 +101,13 @@ class LayerKernel:
 
     step: ctypes._CFuncPtr
     units: int
-    compiler: str
+    compiler: tuple[str, ...]  # the command, as in ("/usr/bin/ccache", "gcc")
     flags: tuple[str, ...]
     path: Path
 
     def describe(self) -> str:
         arch = " ".join(flag for flag in self.flags if flag.startswith("-m")) or "the compiler's default"
-        threads = ", on PyTorch's threads" if "-fopenmp" in self.flags else ""
-        return f"compiled int8 layer step ({Path(self.compiler).name}, {arch}{threads})"
+        return f"compiled int8 layer step ({_named(self.compiler)}, {arch}, on PyTorch's threads)"
 
     def pack(self, weight: torch.Tensor, bias: torch.Tensor | None, table: torch.Tensor | None) -> PackedLayer:
         """Gate weights (4H x inputs, PyTorch's gate order), bias (4H) and table (vocab x 4H, added per id) in
@@ -147,11 +147,29 @@ class KernelAbsent:
         return f"fbgemm products and PyTorch passes ({self.reason})"
 
 
-def _compiler() -> str | None:
-    named = os.environ.get("CC")
+def _named(compiler: tuple[str, ...] | list[str]) -> str:
+    """The compiler's command without its folders, as said in messages: ``gcc``, ``ccache gcc``."""
+    return " ".join(Path(part).name for part in compiler)
+
+
+def _compiler() -> list[str] | None:
+    """The compiler's command: ``$CC`` (which may carry arguments, as in ``ccache gcc``), else the first of
+    ``cc``, ``gcc`` and ``clang`` on the PATH."""
+    named = shlex.split(os.environ.get("CC", ""))
     if named:
-        return shutil.which(named)
-    return next((path for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None)
+        found = shutil.which(named[0])
+        return [found, *named[1:]] if found else None
+    return next(([path] for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None)
+
+
+def _is_clang(compiler: list[str]) -> bool:
+    """clang's OpenMP calls LLVM's runtime, which PyTorch's GNU one (libgomp) does not provide."""
+    try:
+        said = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=COMPILE_SECONDS,
+                              stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "clang" in said.lower()
 
 
 def _torch_openmp() -> Path | None:
@@ -161,30 +179,30 @@ def _torch_openmp() -> Path | None:
     return next(iter(sorted(Path(torch.__file__).parent.joinpath("lib").glob("libgomp*.so*"))), None)
 
 
-def _flags(openmp: Path | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The compile flags and the link flags (PyTorch's OpenMP runtime, where there is one)."""
-    flags = COMPILE_FLAGS + (("-fopenmp",) if openmp else ())
+def _flags(openmp: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The compile flags and the link flags (PyTorch's OpenMP runtime)."""
+    flags = COMPILE_FLAGS + ("-fopenmp",)
     if platform.machine().lower() in ("x86_64", "amd64"):
         capability = torch.backends.cpu.get_cpu_capability()
         flags += ARCH_FLAGS.get(capability, ())
         if capability == "AVX512" and getattr(torch.cpu, "_is_vnni_supported", lambda: False)():
             flags += (VNNI_FLAG,)
-    return flags, ((str(openmp), f"-Wl,-rpath,{openmp.parent}") if openmp else ())
+    return flags, (str(openmp), f"-Wl,-rpath,{openmp.parent}")
 
 
-def _build(compiler: str, flags: tuple[str, ...], link: tuple[str, ...], source: bytes, target: Path) -> None:
+def _build(compiler: list[str], flags: tuple[str, ...], link: tuple[str, ...], source: bytes, target: Path) -> None:
     """Compile ``source`` into the shared library ``target``, written whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as work:
         c_file, object_file, library = Path(work, "lstm_layer.c"), Path(work, "lstm_layer.o"), Path(work, target.name)
         c_file.write_bytes(source)
         # Compile and link apart: the link step gets no optimisation flags that could change the process's float modes.
-        for command in ([compiler, *flags, "-c", str(c_file), "-o", str(object_file)],
-                        [compiler, "-shared", str(object_file), *link, "-o", str(library)]):
+        for command in ([*compiler, *flags, "-c", str(c_file), "-o", str(object_file)],
+                        [*compiler, "-shared", str(object_file), *link, "-o", str(library)]):
             done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_SECONDS, stdin=subprocess.DEVNULL)
             if done.returncode != 0:
                 said = (done.stderr or done.stdout).strip().splitlines()
-                raise OSError(f"{Path(compiler).name} failed: {said[-1] if said else f'exit status {done.returncode}'}")
+                raise OSError(f"{_named(compiler)} failed: {said[-1] if said else f'exit status {done.returncode}'}")
         os.replace(library, target)
 
 
@@ -215,13 +233,13 @@ def run_step(kernel: LayerKernel, layer: PackedLayer, x: torch.Tensor, ids: torc
 
 def _agrees_with_pytorch(kernel: LayerKernel) -> bool:
     """A small case against :func:`reference_step`: a compiler that miscompiles is not trusted. Odd sizes, so
-    that the padded units and inputs and a part-filled group of rows are all exercised."""
+    that padded units and inputs and a part-filled group of rows (3 of 4 or 1 of 2) are exercised."""
     generator = torch.Generator().manual_seed(0)
-    rows, hidden, inputs, vocab = 5, 37, 41, 5
+    rows, hidden, inputs, vocab = 7, 37, 41, 5
     weight = torch.randn(4 * hidden, inputs, generator=generator)
     bias = torch.randn(4 * hidden, generator=generator)
     table = torch.randn(vocab, 4 * hidden, generator=generator)
-    ids = torch.tensor([4, 0, 2, 2, 1])
+    ids = torch.tensor([4, 0, 2, 2, 1, 3, 0])
     x = torch.rand(rows, inputs, generator=generator) - 0.5
     double_c = torch.randn(rows, hidden, generator=generator)
     half_h = torch.zeros(rows, hidden)
@@ -240,10 +258,18 @@ def layer_kernel() -> LayerKernel | KernelAbsent:
         return KernelAbsent("not built on Windows")
     compiler = _compiler()
     if compiler is None:
-        return KernelAbsent("no C compiler found; set CC or install gcc or clang for faster sampling")
-    flags, link = _flags(_torch_openmp())
+        return KernelAbsent("no C compiler found; set CC or install gcc for faster sampling")
+    openmp = _torch_openmp()
+    if openmp is None:  # one thread against fbgemm's several would lose at batch 32
+        return KernelAbsent("this PyTorch has no GNU OpenMP runtime to share its threads with")
+    if _is_clang(compiler):
+        return KernelAbsent("clang cannot use PyTorch's GNU OpenMP runtime; set CC=gcc for faster sampling")
+    flags, link = _flags(openmp)
+    if not any(flag.startswith("-mavx") for flag in flags):  # fbgemm's int8 needs AVX2 too: only a forced cap lands here
+        return KernelAbsent(f"PyTorch runs at {torch.backends.cpu.get_cpu_capability()} here, below AVX2")
     source = resources.files(__package__).joinpath("lstm_layer.c").read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags + link).encode(), platform.machine().encode()]))
+    key = hashlib.sha256(b"\0".join([source, " ".join(compiler).encode(), " ".join(flags + link).encode(),
+                                      platform.machine().encode()]))
     path = user_dir("cache", "kernels", KERNEL_DIR_ENV) / f"lstm_layer-{key.hexdigest()[:16]}.so"
     try:
         try:
@@ -253,7 +279,7 @@ def layer_kernel() -> LayerKernel | KernelAbsent:
             step, units = _load(path)
     except (OSError, subprocess.SubprocessError, AttributeError) as error:
         return KernelAbsent(f"building it failed: {error}")
-    kernel = LayerKernel(step, units, compiler, flags, path)
+    kernel = LayerKernel(step, units, tuple(compiler), flags, path)
     if units < 1 or not _agrees_with_pytorch(kernel):
         return KernelAbsent(f"the build in {path} disagreed with PyTorch on a test case")
     return kernel

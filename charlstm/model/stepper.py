@@ -175,7 +175,12 @@ class LSTMStepper:
         self.precision = precision
         compute = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
         # int8 steps take the compiled layer step where there is one; fp32 and bf16 run PyTorch's operations.
-        kernel = layer_kernel() if native and compute == torch.int8 else KernelAbsent("asked for them")
+        if compute != torch.int8 or not native:
+            kernel: LayerKernel | KernelAbsent = KernelAbsent("asked for them")
+        elif device.type != "cpu":
+            kernel = KernelAbsent(f"the model is on {device.type}; the compiled step reads CPU memory")
+        else:
+            kernel = layer_kernel()
         self.layer_kernel = kernel if isinstance(kernel, LayerKernel) else None
         self.step_description = kernel.describe() if compute == torch.int8 else "PyTorch operations"
         scale = _cell_gate_doubled(hidden).to(device)
@@ -261,8 +266,14 @@ class LSTMStepper:
         return lambda x: torch.addmm(bias, x, weight_t, out=self.gates).sigmoid_()
 
     def load_state(self, state: State) -> None:
-        """Start from ``state`` ((h, c), each layers x rows x hidden, rows up to the batch size)."""
+        """Start from ``state`` ((h, c), each layers x rows x hidden, rows up to the batch size).
+
+        The shapes are checked: the buffers are never resized, since the compiled step holds their addresses."""
         h, c = state
+        layers, batch, hidden = self.full_double_c.shape
+        if h.shape != c.shape or h.dim() != 3 or h.shape[0] != layers or h.shape[2] != hidden or not 1 <= h.shape[1] <= batch:
+            raise ValueError(f"a state for this stepper is (h, c), each {layers} x rows x {hidden} with rows 1..{batch}; "
+                             f"got {tuple(h.shape)} and {tuple(c.shape)}")
         self._bind(h.shape[1])
         torch.mul(c, 2.0, out=self.double_c)
         for layer, half_h in enumerate(self.half_h):
@@ -290,7 +301,9 @@ class LSTMStepper:
 
     def _compiled_step(self, ids: torch.Tensor) -> torch.Tensor:
         """``step`` with each layer one call of the compiled int8 step (layer 0 reads its table row by id)."""
-        ids = ids.to(torch.int64).contiguous()
+        ids = ids.to(device="cpu", dtype=torch.int64).contiguous()
+        if ids.shape != (self.rows,):
+            raise ValueError(f"one character id per stream: {self.rows} ids, got shape {tuple(ids.shape)}")
         step, ids_pointer = self.layer_kernel.step, ids.data_ptr()
         for before_ids, after_ids in self.compiled_layers:
             if step(*before_ids, ids_pointer, *after_ids):

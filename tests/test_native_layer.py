@@ -187,6 +187,13 @@ def test_without_a_compiler_sampling_keeps_pytorchs_passes(monkeypatch, tmp_path
     assert stepper.step(torch.tensor([1, 2])).shape == (2, 30)
 
 
+def test_below_avx2_there_is_no_build(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    kernel = build_fresh(monkeypatch, tmp_path / "kernels")
+    assert isinstance(kernel, KernelAbsent) and "needs an x86 CPU with AVX2" in kernel.reason
+    assert not (tmp_path / "kernels").exists()
+
+
 def test_clang_is_not_used_with_pytorchs_gnu_openmp(monkeypatch, tmp_path):
     clang = tmp_path / "clang"
     clang.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'Debian clang version 17.0.6' && exit 0\nexit 1\n")

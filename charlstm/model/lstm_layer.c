@@ -25,9 +25,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX2__)
 #include <immintrin.h>
-#endif
 
 /* 1 / (1 + exp(-x)); exp as 2^n p(r), r = x - n ln 2 in two parts (Cody and Waite), p Cephes'
  * expf polynomial: relative error about 1e-7. Branch-free, so the loops below vectorize. */
@@ -96,8 +94,7 @@ typedef __m256i vector;
 #define ACCUMULATE(total, x, weights) \
     total = _mm256_add_epi32(total, _mm256_madd_epi16(_mm256_maddubs_epi16(x, weights), _mm256_set1_epi16(1)))
 #else
-#define UNITS 8
-#define ROWS 2
+#error "lstm_layer.c needs AVX2 or AVX512: native.py builds it only for those (fbgemm's int8 needs AVX2 too)"
 #endif
 
 /* The int32 sums of one block of UNITS units (4 gates each) for `active` (at most ROWS) rows of quantised
@@ -106,7 +103,6 @@ typedef __m256i vector;
 static inline __attribute__((always_inline)) void block_sums(int active, int64_t quads, const uint8_t *const x[ROWS],
                                                              const int8_t *w, const int32_t *start,
                                                              int32_t sums[ROWS][4][UNITS]) {
-#if defined(__AVX2__)
     vector sum[ROWS][4];
     for (int row = 0; row < active; row++)
         for (int gate = 0; gate < 4; gate++)
@@ -126,17 +122,6 @@ static inline __attribute__((always_inline)) void block_sums(int active, int64_t
     for (int row = 0; row < active; row++)
         for (int gate = 0; gate < 4; gate++)
             STORE(sums[row][gate], sum[row][gate]);
-#else
-    for (int row = 0; row < active; row++)
-        for (int gate = 0; gate < 4; gate++)
-            for (int unit = 0; unit < UNITS; unit++) {
-                int32_t total = start[gate * UNITS + unit];
-                for (int64_t t = 0; t < quads; t++)
-                    for (int b = 0; b < 4; b++)
-                        total += (int32_t)x[row][4 * t + b] * w[((t * 4 + gate) * UNITS + unit) * 4 + b];
-                sums[row][gate][unit] = total;
-            }
-#endif
 }
 
 /* The cell update of one row's block of units from its sums. The first `count` units are real (the

@@ -106,7 +106,7 @@ class LayerKernel:
     path: Path
 
     def describe(self) -> str:
-        arch = " ".join(flag for flag in self.flags if flag.startswith("-m")) or "the compiler's default"
+        arch = " ".join(flag for flag in self.flags if flag.startswith("-m"))
         return f"compiled int8 layer step ({_named(self.compiler)}, {arch}, on PyTorch's threads)"
 
     def pack(self, weight: torch.Tensor, bias: torch.Tensor | None, table: torch.Tensor | None) -> PackedLayer:
@@ -179,15 +179,19 @@ def _torch_openmp() -> Path | None:
     return next(iter(sorted(Path(torch.__file__).parent.joinpath("lib").glob("libgomp*.so*"))), None)
 
 
-def _flags(openmp: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _arch_flags() -> tuple[str, ...] | None:
+    """The instruction-set flags for the level PyTorch's own kernels run at (``ATEN_CPU_CAPABILITY`` caps
+    both), or None below AVX2 or off x86, where fbgemm's int8 does not run either."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() not in ("x86_64", "amd64") or capability not in ARCH_FLAGS:
+        return None
+    vnni = capability == "AVX512" and getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
+    return ARCH_FLAGS[capability] + ((VNNI_FLAG,) if vnni else ())
+
+
+def _flags(arch: tuple[str, ...], openmp: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The compile flags and the link flags (PyTorch's OpenMP runtime)."""
-    flags = COMPILE_FLAGS + ("-fopenmp",)
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        capability = torch.backends.cpu.get_cpu_capability()
-        flags += ARCH_FLAGS.get(capability, ())
-        if capability == "AVX512" and getattr(torch.cpu, "_is_vnni_supported", lambda: False)():
-            flags += (VNNI_FLAG,)
-    return flags, (str(openmp), f"-Wl,-rpath,{openmp.parent}")
+    return COMPILE_FLAGS + ("-fopenmp",) + arch, (str(openmp), f"-Wl,-rpath,{openmp.parent}")
 
 
 def _build(compiler: list[str], flags: tuple[str, ...], link: tuple[str, ...], source: bytes, target: Path) -> None:
@@ -256,6 +260,10 @@ def layer_kernel() -> LayerKernel | KernelAbsent:
     or why there is none. Decided once per process."""
     if sys.platform == "win32":
         return KernelAbsent("not built on Windows")
+    arch = _arch_flags()
+    if arch is None:
+        return KernelAbsent(f"needs an x86 CPU with AVX2 (PyTorch runs at {torch.backends.cpu.get_cpu_capability()} "
+                            f"on {platform.machine()})")
     compiler = _compiler()
     if compiler is None:
         return KernelAbsent("no C compiler found; set CC or install gcc for faster sampling")
@@ -264,9 +272,7 @@ def layer_kernel() -> LayerKernel | KernelAbsent:
         return KernelAbsent("this PyTorch has no GNU OpenMP runtime to share its threads with")
     if _is_clang(compiler):
         return KernelAbsent("clang cannot use PyTorch's GNU OpenMP runtime; set CC=gcc for faster sampling")
-    flags, link = _flags(openmp)
-    if not any(flag.startswith("-mavx") for flag in flags):  # fbgemm's int8 needs AVX2 too: only a forced cap lands here
-        return KernelAbsent(f"PyTorch runs at {torch.backends.cpu.get_cpu_capability()} here, below AVX2")
+    flags, link = _flags(arch, openmp)
     source = resources.files(__package__).joinpath("lstm_layer.c").read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(compiler).encode(), " ".join(flags + link).encode(),
                                       platform.machine().encode()]))

@@ -6,7 +6,8 @@ and quantises the input, then scales the sums out to memory) followed by ten-odd
 update, each dispatched on its own; none of that can be fused with PyTorch's own operations. So
 ``lstm_layer.c`` does a layer in one call: it quantises the input once, keeps the integer sums in
 registers and updates the cells from them. It is compiled with the machine's C compiler (``$CC``,
-else ``cc``, ``gcc`` or ``clang``) for the instruction set PyTorch itself runs at, into the user's
+else ``gcc`` or ``cc``; GCC, whose OpenMP is the runtime PyTorch ships, so the step runs on PyTorch's
+threads) for the instruction set PyTorch itself runs at, into the user's
 cache folder, and checked against its PyTorch twin (:func:`reference_step`) on a small case before
 it is used. Where there is no compiler, or anything in that fails, :func:`layer_kernel` returns why
 (:class:`KernelAbsent`) and the stepper keeps fbgemm and PyTorch's passes: sampling is then slower,
@@ -153,13 +154,13 @@ def _named(compiler: tuple[str, ...] | list[str]) -> str:
 
 
 def _compiler() -> list[str] | None:
-    """The compiler's command: ``$CC`` (which may carry arguments, as in ``ccache gcc``), else the first of
-    ``cc``, ``gcc`` and ``clang`` on the PATH."""
+    """The compiler's command: ``$CC`` (which may carry arguments, as in ``ccache gcc``), else ``gcc`` or
+    ``cc``, the first on the PATH."""
     named = shlex.split(os.environ.get("CC", ""))
     if named:
         found = shutil.which(named[0])
         return [found, *named[1:]] if found else None
-    return next(([path] for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None)
+    return next(([path] for name in ("gcc", "cc") if (path := shutil.which(name))), None)
 
 
 def _is_clang(compiler: list[str]) -> bool:

@@ -110,8 +110,10 @@ def test_the_rule_in_characters():
 
 def test_runs_that_read_their_corpus_many_times_get_dropout():
     assert dropout_for(PRESETS["small"], epochs=5.0) == 0.0
-    assert dropout_for(PRESETS["small"], epochs=18.0) == 0.1
+    assert dropout_for(PRESETS["small"], epochs=9.0) == 0.1
+    assert dropout_for(PRESETS["small"], epochs=18.0) == 0.2
     assert dropout_for(PRESETS["medium"], epochs=1.0) == PRESETS["medium"].dropout
+    assert dropout_for(PRESETS["medium"], epochs=15.9) == 0.2
 
 
 def test_expected_chars_follows_the_tightest_budget():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -177,11 +178,23 @@ def _rank_main(rank: int, ports: list[int], corpus_file: Path, out: Path) -> Non
 
 
 def _free_ports(count: int) -> list[int]:
-    with ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
+    """Ports free now and below the kernel's ephemeral range: the stages use them one after another, and a port
+    the kernel hands out meanwhile (to gloo's own connections, or another program's) would be taken by then."""
+    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    ephemeral_low = int(range_file.read_text().split()[0]) if range_file.exists() else 32768
+    low, high = (10_000, ephemeral_low) if ephemeral_low > 11_000 else (ephemeral_low, 65_536)
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(low, high)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 @pytest.fixture(scope="module")

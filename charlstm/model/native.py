@@ -223,17 +223,27 @@ def _load(path: Path) -> tuple[ctypes._CFuncPtr, int]:
     return step, library.lstm_layer_units()
 
 
+StepArguments = tuple[tuple[object, ...], tuple[object, ...]]
+
+
+def step_arguments(layer: PackedLayer, x: torch.Tensor, double_c: torch.Tensor, half_h: torch.Tensor,
+                   scratch: torch.Tensor, scratch_scale: torch.Tensor) -> StepArguments:
+    """``lstm_layer_step``'s arguments for these tensors (rows of x, double_c and half_h; scratch holds rows x
+    inputs_padded bytes), in two parts either side of the ids pointer: worked out once, the stepper passes
+    only the ids at each step. The tensors must outlive every call made with them."""
+    table = layer.table
+    return ((x.shape[0], layer.hidden, layer.inputs, layer.inputs_padded, x.data_ptr(), x.stride(0), scratch.data_ptr(),
+             scratch_scale.data_ptr(), layer.weights.data_ptr(), layer.start.data_ptr(), layer.scale.data_ptr(),
+             layer.bias.data_ptr(), None if table is None else table.data_ptr(), 0 if table is None else table.shape[0]),
+            (double_c.data_ptr(), double_c.stride(0), half_h.data_ptr(), half_h.stride(0)))
+
+
 def run_step(kernel: LayerKernel, layer: PackedLayer, x: torch.Tensor, ids: torch.Tensor | None, double_c: torch.Tensor,
              half_h: torch.Tensor, scratch: torch.Tensor, scratch_scale: torch.Tensor) -> int:
-    """One call of the step on tensors (rows of x, ids, double_c and half_h; scratch holds rows x inputs_padded
-    bytes): 0, or -1 when an id is out of range (nothing changed). The stepper binds the same call once per
-    batch size instead, with the pointers worked out."""
-    table = layer.table
-    return kernel.step(x.shape[0], layer.hidden, layer.inputs, layer.inputs_padded, x.data_ptr(), x.stride(0),
-                       scratch.data_ptr(), scratch_scale.data_ptr(), layer.weights.data_ptr(), layer.start.data_ptr(),
-                       layer.scale.data_ptr(), layer.bias.data_ptr(), None if table is None else table.data_ptr(),
-                       0 if table is None else table.shape[0], None if ids is None else ids.data_ptr(),
-                       double_c.data_ptr(), double_c.stride(0), half_h.data_ptr(), half_h.stride(0))
+    """One call of the step on tensors (see :func:`step_arguments`): 0, or -1 when an id is out of range
+    (nothing changed)."""
+    before_ids, after_ids = step_arguments(layer, x, double_c, half_h, scratch, scratch_scale)
+    return kernel.step(*before_ids, None if ids is None else ids.data_ptr(), *after_ids)
 
 
 def _agrees_with_pytorch(kernel: LayerKernel) -> bool:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base.runtime import autocast
-from .native import KernelAbsent, LayerKernel, layer_kernel
+from .native import KernelAbsent, LayerKernel, layer_kernel, step_arguments
 from .network import CharLSTM, State
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
@@ -235,13 +235,9 @@ class LSTMStepper:
         self.double_c = self.full_double_c[:, :rows]
         self.half_tanh_c, self.logits = self.full_half_tanh_c[:rows], self.full_logits[:rows]
         self.i, self.f, self.g, self.o = self.gates.split(hidden, dim=1)
-        if self.layer_kernel is not None:  # each layer's call, less the ids between the two parts (see lstm_layer.c)
+        if self.layer_kernel is not None:  # each layer's call, less the ids (see native.step_arguments)
             self.compiled_layers = [
-                ((rows, layer.hidden, layer.inputs, layer.inputs_padded, x.data_ptr(), x.stride(0), self.scratch.data_ptr(),
-                  self.scratch_scale.data_ptr(), layer.weights.data_ptr(), layer.start.data_ptr(), layer.scale.data_ptr(),
-                  layer.bias.data_ptr(), None if layer.table is None else layer.table.data_ptr(),
-                  0 if layer.table is None else layer.table.shape[0]),
-                 (double_c.data_ptr(), double_c.stride(0), h.data_ptr(), h.stride(0)))
+                step_arguments(layer, x, double_c, h, self.scratch[:rows], self.scratch_scale[:rows])
                 for layer, x, double_c, h in zip(self.packed_layers, inputs, self.double_c, self.half_h)
             ]
         else:
